@@ -16,35 +16,35 @@ fair chance to use every core.
 
 from __future__ import annotations
 
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
 import time
+import zipfile
+from pathlib import Path
+from typing import Any
 
-_T_START = time.perf_counter()  # "whole run" timing includes the heavy imports below
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import multiprocessing as mp  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import ale_py  # noqa: E402
-import cv2  # noqa: E402
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from stable_baselines3 import DQN, PPO  # noqa: E402
-from stable_baselines3.common.base_class import BaseAlgorithm  # noqa: E402
-from stable_baselines3.common.env_util import make_atari_env  # noqa: E402
-from stable_baselines3.common.vec_env import VecFrameStack  # noqa: E402
+import ale_py
+import cv2
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import DQN, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_atari_env
+from stable_baselines3.common.vec_env import VecFrameStack
 
 gym.register_envs(ale_py)
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 # The original called putText/circle/line without a lineType, i.e. OpenCV's default LINE_8.
 LINE = cv2.LINE_8
+# The original's colours, written as BGR but drawn on the RGB panel that is converted RGB->BGR at
+# the end, so its "yellow" highlight (and every other non-grey colour) comes out channel-swapped.
 WHITE, YELLOW, GREEN = (255, 255, 255), (0, 255, 255), (0, 255, 0)
-# Layer table of the original (its shape strings used a Unicode "×", which putText shows as "??").
+# The original's layer table (its shapes used a Unicode "x" sign, which putText draws as "??").
 LAYERS: list[tuple[str, str, int, tuple[int, int, int]]] = [
     ("Input", "84x84x4", 8, (0, 255, 0)),
     ("Conv1", "32@20x20", 6, (255, 100, 0)),
@@ -55,13 +55,18 @@ LAYERS: list[tuple[str, str, int, tuple[int, int, int]]] = [
 
 
 def _load_model(path: str, algo: str | None = None) -> BaseAlgorithm:
-    """Load a checkpoint with ``PPO.load`` / ``DQN.load``; without ``algo``, try PPO then DQN."""
-    if algo:
-        return {"ppo": PPO, "dqn": DQN}[algo.lower()].load(path)
-    try:
-        return PPO.load(path)
-    except Exception:  # noqa: BLE001 - not a PPO checkpoint
-        return DQN.load(path)
+    """Load with ``PPO.load`` / ``DQN.load``; ``algo`` defaults to that of the saved policy."""
+    if algo is None:
+        with zipfile.ZipFile(path) as zf:
+            policy = json.loads(zf.read("data")).get("policy_class", {})
+        algo = "dqn" if ".dqn." in policy.get("__module__", "") else "ppo"
+    return {"ppo": PPO, "dqn": DQN}[algo.lower()].load(path)
+
+
+def _process_age_s() -> float:
+    """Seconds since this process started (Linux): wall time including interpreter start-up."""
+    start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _extract_ml_analytics(model: BaseAlgorithm, obs: np.ndarray, frame_idx: int, total: int,
@@ -100,7 +105,7 @@ def _draw_analytics_panel(panel: np.ndarray, a: dict[str, Any], title: str, lr: 
     probs = a["action_probs"]
     cv2.putText(panel, "Policy Distribution:", (10, int(y)), FONT, 0.4, (200, 200, 200), 1, LINE)
     y += line_h * 0.8
-    for name, prob in zip(action_names, probs):
+    for name, prob in zip(action_names, probs, strict=False):
         color = YELLOW if prob == max(probs) else (150, 150, 150)
         cv2.putText(panel, f"  {name:5s}: {prob:.3f}", (10, int(y)), FONT, 0.35, color, 1, LINE)
         y += line_h * 0.8
@@ -125,7 +130,7 @@ def _draw_neural_network(panel: np.ndarray, a: dict[str, Any], action_names: lis
                     alpha = int(strength * 255)
                     cv2.line(panel, start, end, (alpha // 3, alpha // 3, alpha), 1, LINE)
     last = len(LAYERS) - 1
-    for li, ((_, _, _, base), nodes) in enumerate(zip(LAYERS, layers)):
+    for li, ((_, _, _, base), nodes) in enumerate(zip(LAYERS, layers, strict=False)):
         for ni, pos in enumerate(nodes):
             if li == last:
                 activation = probs[ni] if ni < len(probs) else 0.25
@@ -139,11 +144,11 @@ def _draw_neural_network(panel: np.ndarray, a: dict[str, Any], action_names: lis
             if li == last and ni < len(probs) and probs[ni] == max(probs):
                 pulse = int(128 + 127 * np.sin(step * 0.1))
                 cv2.circle(panel, pos, radius + 2, (pulse, pulse, pulse), 2, LINE)
-    for (name, shape, _, _), nodes in zip(LAYERS, layers):
+    for (name, shape, _, _), nodes in zip(LAYERS, layers, strict=False):
         x, y = nodes[0][0] - 20, net_y + net_h + 20
         cv2.putText(panel, name, (x, y), FONT, 0.35, (200, 200, 200), 1, LINE)
         cv2.putText(panel, shape, (x, y + 15), FONT, 0.3, (150, 150, 150), 1, LINE)
-    for pos, name in zip(layers[-1], action_names):
+    for pos, name in zip(layers[-1], action_names, strict=False):
         cv2.putText(panel, name, (pos[0] + 15, pos[1] + 5), FONT, 0.3, (180, 180, 180), 1, LINE)
 
 
@@ -185,8 +190,9 @@ def render_milestone(checkpoint: str, output_dir: str, frames: int, fps: int, en
     for frame in video:
         writer.write(frame)
     writer.release()
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"checkpoint": checkpoint, "video": str(out_path), "frames": len(video),
-            "pid": os.getpid(), "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "pid": os.getpid(), "rss_mib": rss_mib}
 
 
 def _worker_init() -> None:
@@ -221,7 +227,8 @@ def run_baseline(checkpoints: list[str], output_dir: str, frames: int = 900, fps
     return {"frames": total, "wall_s": wall, "fps": total / wall, "procs": procs,
             "peak_rss_self_mib": self_mib, "peak_rss_children_mib": child_mib,
             "peak_rss_mib": self_mib + child_mib,
-            "peak_rss_workers_sum_mib": sum(per_pid.values()), "videos": [r["video"] for r in results]}
+            "peak_rss_workers_sum_mib": sum(per_pid.values()),
+            "videos": [r["video"] for r in results]}
 
 
 def main() -> None:
@@ -240,7 +247,7 @@ def main() -> None:
     result = run_baseline(args.checkpoints, args.output_dir, args.frames, args.fps, args.env,
                           args.seed, args.procs, args.algo)
     result["run_s"] = result["wall_s"]
-    result["wall_s"] = time.perf_counter() - _T_START  # whole run incl. imports and start-up
+    result["wall_s"] = _process_age_s()  # whole run incl. interpreter start-up and imports
     result["fps"] = result["frames"] / result["wall_s"]
     print(f"[baseline_seed] frames={result['frames']} wall_s={result['wall_s']:.2f} "
           f"fps={result['fps']:.1f} procs={result['procs']} "
