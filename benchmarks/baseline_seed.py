@@ -8,7 +8,9 @@ with the resized game frame, convert RGB->BGR, keep every frame in a Python list
 whole clip with ``cv2.VideoWriter('mp4v')`` at the end. This script does the same work the same
 way, so gpurender can be timed against it. The only addition is ``--procs N``, which spreads
 the milestones over N spawned worker processes (one torch thread each) to give the baseline a
-fair chance to use every core.
+fair chance to use every core. With one process (``--procs 1``, or a single checkpoint) the
+work runs in this process with torch's default thread count, as the original did; set
+``OMP_NUM_THREADS=1`` when other jobs share the cores, or batch-1 convolutions oversubscribe.
 
     python benchmarks/baseline_seed.py --checkpoints a.zip b.zip --output-dir out \
         --frames 900 --fps 30 --env BreakoutNoFrameskip-v4 --seed 0 --procs 2 --json out.json

@@ -146,7 +146,8 @@ def find_milestones(sources: Sequence[str | Path], select: Iterable[str] | None 
     slugs = [m.slug for m in chosen]
     if len(set(slugs)) != len(slugs):
         dup = next(s for s in slugs if slugs.count(s) > 1)
-        raise GpurenderError(f"two checkpoints share the milestone label {dup!r}; pass the files explicitly")
+        both = ", ".join(str(m.path) for m in chosen if m.slug == dup)
+        raise GpurenderError(f"two checkpoints share the milestone label {dup!r} ({both}); pass only one of them")
     return chosen
 
 

@@ -1,0 +1,255 @@
+"""The analytics panel as data: where every rectangle, glyph slot, node and edge sits, and how
+one frame's model numbers are packed for the shaders.
+
+A :class:`PanelLayout` is built once per network architecture and game (milestones of one run
+share it). Per frame only two small arrays change: ``values`` (float slots: executed action,
+probabilities, node levels, edge weights) and ``chars`` (one byte per glyph slot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gpurender.agents import LayerInfo
+from gpurender.render.atlas import GlyphAtlas
+
+FRAME_W, FRAME_H = 960, 540
+PANEL_W = 480
+GAME_RECT = (480.0, 0.0, 480.0, 540.0)
+
+FACES = {
+    "title": (True, 17),
+    "head": (True, 13),
+    "body": (False, 13),
+    "row": (False, 12),
+    "small": (False, 11),
+    "tiny": (False, 10),
+}
+
+WHITE = (0.92, 0.94, 0.98, 1.0)
+DIM = (0.62, 0.66, 0.75, 1.0)
+CYAN = (0.45, 0.85, 1.0, 1.0)
+YELLOW = (1.0, 0.86, 0.1, 1.0)
+NONE = (0.0, 0.0, 0.0, 0.0)
+BAR = (0.27, 0.52, 0.92, 1.0)
+BAR_BG = (0.16, 0.18, 0.26, 1.0)
+HILITE = (1.0, 0.86, 0.1, 0.16)
+BACKGROUND = (0.055, 0.06, 0.09)
+LAYER_COLORS = {
+    "input": (0.55, 0.8, 1.0),
+    "conv": (0.3, 0.95, 0.75),
+    "dense": (0.85, 0.55, 1.0),
+    "output": (1.0, 0.72, 0.25),
+}
+EDGE_COLOR = (0.4, 0.75, 1.0)
+
+SLOT_ACTION = 0
+SLOT_ACTION_PROB = 1
+SLOT_PROBS = 2
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    """What one milestone's panel says."""
+
+    game_title: str
+    algo: str
+    action_names: tuple[str, ...]
+    layers: tuple[LayerInfo, ...]
+    milestone: str
+    """Shown after ``Progress:`` (``45.2%``) or as ``Milestone: 100,000 steps``."""
+    is_percent: bool
+    learning_rate: float
+
+    @property
+    def q_based(self) -> bool:
+        return self.algo in ("DQN", "QRDQN")
+
+    @property
+    def layout_key(self) -> tuple:
+        return (self.q_based, self.action_names, tuple((x.name, x.shape, x.nodes) for x in self.layers))
+
+
+def format_lr(lr: float) -> str:
+    """``2.5e-4`` the way people write it (not ``2.5e-04``)."""
+    mantissa, _, exp = f"{lr:.1e}".partition("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
+
+
+@dataclass
+class _Items:
+    """Rows of the ``t_items`` texture for one kind of item."""
+
+    rows: list[list[float]] = field(default_factory=list)
+
+    def add(self, geom: Sequence[float], a: Sequence[float], b: Sequence[float] = NONE,
+            bind: Sequence[float] = (-1, -1, -1, 0)) -> None:
+        self.rows.append([*geom, *a, *b, *bind])
+
+    def texture_data(self) -> np.ndarray:
+        """(4, n, 4) float32: row r of the texture holds float4 r of every item."""
+        arr = np.asarray(self.rows, np.float32).reshape(-1, 4, 4)
+        return np.ascontiguousarray(arr.transpose(1, 0, 2))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class _Field:
+    x: float
+    y: float
+    font: str
+    length: int
+    slot0: int
+
+
+class PanelLayout:
+    """Static geometry of the panel for one architecture + action set."""
+
+    def __init__(self, spec: PanelSpec, atlas: GlyphAtlas) -> None:
+        self.atlas = atlas
+        self.n_actions = len(spec.action_names)
+        self.layers = spec.layers
+        self.node_counts = [x.nodes for x in spec.layers]
+        self.n_nodes = sum(self.node_counts)
+        self.slot_levels = SLOT_PROBS + self.n_actions
+        self.n_edges = sum(a * b for a, b in zip(self.node_counts[:-1], self.node_counts[1:], strict=True))
+        self.slot_edges = self.slot_levels + self.n_nodes
+        self.n_values = self.slot_edges + self.n_edges
+        self.rects, self.glyphs, self.nodes, self.edges = _Items(), _Items(), _Items(), _Items()
+        self.fields: dict[str, _Field] = {}
+        self._static_fields: dict[str, str] = {}
+        self._build(spec)
+
+    # -- text -----------------------------------------------------------------------------------
+
+    def _text(self, name: str, x: float, y: float, font: str, length: int, color=WHITE,
+              match_color=NONE, bind=(-1, -1, -1, 0), static: str | None = None) -> None:
+        f = self.atlas.fonts[font]
+        x, y = round(x), round(y)  # whole pixels: glyphs are copied 1:1 from the atlas
+        self.fields[name] = _Field(x, y, font, length, len(self.glyphs))
+        for i in range(length):
+            self.glyphs.add((x + i * f.cell_w, y, f.index, 0), color, match_color, bind)
+        if static is not None:
+            self._static_fields[name] = static
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.glyphs)
+
+    # -- geometry -------------------------------------------------------------------------------
+
+    def _build(self, spec: PanelSpec) -> None:
+        r = self.rects
+        r.add((0, 0, PANEL_W, 54), (0.09, 0.1, 0.16, 1.0))
+        r.add((0, 54, PANEL_W, 1), (0.25, 0.3, 0.45, 1.0))
+        r.add((PANEL_W - 1, 0, 1, FRAME_H), (0.25, 0.3, 0.45, 1.0))
+        self._text("title", 12, 7, "title", 52)
+        self._text("subtitle", 12, 32, "small", 66, DIM)
+
+        # training metrics, left column
+        for i, name in enumerate(("frame", "progress", "reward", "lives", "value", "action")):
+            self._text(name, 12, 66 + i * 19, "body", 27, WHITE if name != "action" else YELLOW)
+
+        # policy distribution / Q-values, right column
+        head = "Q-Values (bars: softmax)" if spec.q_based else "Policy Distribution:"
+        self._text("policy_head", 228, 62, "head", 26, CYAN, static=head)
+        top, height = 84.0, 178.0
+        row_h = min(22.0, height / self.n_actions)
+        font = "row" if row_h >= 15 else ("small" if row_h >= 12 else "tiny")
+        f = self.atlas.fonts[font]
+        name_len = max(len(n) for n in spec.action_names)
+        bar_x = 228 + (name_len + 8) * f.cell_w + 4
+        bar_w = PANEL_W - 12 - bar_x
+        for k, action in enumerate(spec.action_names):
+            y = top + k * row_h
+            match = (-1, SLOT_ACTION, k, 0)
+            r.add((224, y, PANEL_W - 232, row_h - 1), NONE, HILITE, match)
+            r.add((bar_x, y + row_h * 0.22, bar_w, row_h * 0.56), BAR_BG)
+            r.add((bar_x, y + row_h * 0.22, bar_w, row_h * 0.56), BAR, YELLOW, (SLOT_PROBS + k, SLOT_ACTION, k, 0))
+            ty = y + (row_h - f.cell_h) / 2
+            self._text(f"act{k}", 228, ty, font, name_len + 8, WHITE, YELLOW, match)
+        self.name_len = name_len
+
+        # network diagram
+        self._text("net_head", 12, 270, "head", 40, CYAN, static="Network Activity (real activations)")
+        r.add((0, 264, PANEL_W, 1), (0.25, 0.3, 0.45, 1.0))
+        k_cols = len(self.layers)
+        xs = [44 + i * (PANEL_W - 88) / (k_cols - 1) for i in range(k_cols)]
+        centers: list[list[tuple[float, float, float]]] = []
+        small, tiny = self.atlas.fonts["small"], self.atlas.fonts["tiny"]
+        slot = self.slot_levels
+        for col, (layer, x) in enumerate(zip(self.layers, xs, strict=True)):
+            n = layer.nodes
+            spacing = min(24.0, 188.0 / max(n - 1, 1))
+            radius = min(7.5, spacing * 0.36)
+            y0 = 404 - spacing * (n - 1) / 2
+            color = LAYER_COLORS[layer.kind]
+            col_centers = []
+            for j in range(n):
+                y = y0 + j * spacing
+                if layer.kind == "output":
+                    bind = (-1, SLOT_ACTION, j, SLOT_ACTION_PROB)
+                else:
+                    bind = (-1, -1, -1, -1)
+                self.nodes.add((x, y, radius, slot + j), (*color, 1.0), YELLOW, bind)
+                col_centers.append((x, y, radius))
+            slot += n
+            centers.append(col_centers)
+            name = layer.name
+            self._text(f"lname{col}", x - len(name) * small.cell_w / 2, 292, "small", len(name), WHITE, static=name)
+            shape = layer.shape_text
+            self._text(f"lshape{col}", x - len(shape) * tiny.cell_w / 2, 512, "tiny", len(shape), DIM, static=shape)
+        edge_slot = self.slot_edges
+        level0 = self.slot_levels
+        for src_col, dst_col in zip(centers[:-1], centers[1:], strict=True):
+            for d, (x1, y1, r1) in enumerate(dst_col):
+                for s, (x0, y0, r0) in enumerate(src_col):
+                    # edge strength = group weight (value slot) x source level (value slot)
+                    self.edges.add((x0 + r0, y0, x1 - r1, y1), (*EDGE_COLOR, 1.0), NONE,
+                                   (level0 + s, edge_slot, 0, 0))
+                    edge_slot += 1
+            level0 += len(src_col)
+
+    # -- per-frame packing --------------------------------------------------------------------
+
+    def static_chars(self, spec: PanelSpec) -> np.ndarray:
+        """The glyph-slot bytes that never change within this milestone's video."""
+        chars = np.full(self.n_slots, 32, np.uint8)
+        texts = dict(self._static_fields)
+        texts["title"] = f"{spec.game_title} - {spec.algo} Neural Activity Viewer"
+        where = f"Progress: {spec.milestone}" if spec.is_percent else f"Milestone: {spec.milestone}"
+        texts["subtitle"] = f"Post-Training Evaluation | {where} | lr={format_lr(spec.learning_rate)}"
+        for name, text in texts.items():
+            self._put(chars, name, text)
+        return chars
+
+    def _put(self, chars: np.ndarray, name: str, text: str) -> None:
+        f = self.fields[name]
+        raw = text[: f.length].ljust(f.length).encode("ascii", "replace")
+        chars[..., f.slot0 : f.slot0 + f.length] = np.frombuffer(raw, np.uint8)
+
+    def edge_values(self, edge_weights: Sequence[np.ndarray]) -> np.ndarray:
+        """Flatten per-layer (dst, src) group weights in the order edges were laid out."""
+        return np.concatenate([w.reshape(-1) for w in edge_weights]).astype(np.float32)
+
+    def values(self, actions: np.ndarray, probs: np.ndarray, levels: np.ndarray, edges: np.ndarray) -> np.ndarray:
+        """(B, n_values) float32 for ``t_values``."""
+        b = len(actions)
+        out = np.empty((b, self.n_values), np.float32)
+        out[:, SLOT_ACTION] = actions
+        out[:, SLOT_ACTION_PROB] = probs[np.arange(b), actions]
+        out[:, SLOT_PROBS : self.slot_levels] = probs
+        out[:, self.slot_levels : self.slot_edges] = levels
+        out[:, self.slot_edges :] = edges
+        return out
+
+    def frame_chars(self, base: np.ndarray, texts: dict[str, str]) -> np.ndarray:
+        chars = base.copy()
+        for name, text in texts.items():
+            self._put(chars, name, text)
+        return chars

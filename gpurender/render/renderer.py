@@ -1,0 +1,190 @@
+"""Draw batches of analytics frames with ModernGL into one tiled offscreen target.
+
+Per pass, up to ``max_tiles`` frames are drawn by six instanced draw calls (game, rects, edges,
+nodes, text for the whole batch) plus one full-screen pass that converts them to I420, so
+reading back 1.5 bytes per pixel hands the encoder its planes directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import moderngl
+import numpy as np
+
+from gpurender.render.atlas import GlyphAtlas
+from gpurender.render.context import create_headless_context, renderer_name
+from gpurender.render.layout import BACKGROUND, FACES, FRAME_H, FRAME_W, GAME_RECT, PanelLayout, PanelSpec
+from gpurender.render.shaders import load_program
+
+YUV_ROWS = FRAME_H * 3 // 2
+UNIT_VALUES, UNIT_ITEMS, UNIT_CHARS, UNIT_ATLAS, UNIT_SCREENS, UNIT_RGB = range(6)
+
+
+@dataclass
+class _LayoutGPU:
+    layout: PanelLayout
+    items: dict[str, moderngl.Texture]
+    counts: dict[str, int]
+
+
+class FrameRenderer:
+    """Owns the GL context (or borrows one) and every GL resource; ``close()`` releases them."""
+
+    def __init__(self, ctx: moderngl.Context | None = None, max_tiles: int = 16) -> None:
+        self._own_ctx = ctx is None
+        self.ctx = ctx or create_headless_context()
+        limit = self.ctx.info["GL_MAX_TEXTURE_SIZE"]
+        self.max_tiles = max(1, min(max_tiles, limit // YUV_ROWS))
+        self.renderer = renderer_name(self.ctx)
+        self.programs = {name: load_program(self.ctx, name)
+                         for name in ("game", "rects", "edges", "nodes", "text", "yuv420")}
+        self.programs["chroma"] = load_program(self.ctx, "yuv420", ("CHROMA",))
+        self.vaos = {name: self.ctx.vertex_array(prog, []) for name, prog in self.programs.items()}
+        self.atlas = GlyphAtlas(FACES)
+        h, w = self.atlas.image.shape
+        self.t_atlas = self.ctx.texture((w, h), 1, self.atlas.image.tobytes(), alignment=1)
+        self.t_atlas.filter = (moderngl.NEAREST, moderngl.NEAREST)
+        t = self.max_tiles
+        self.t_rgb = self.ctx.texture((FRAME_W, FRAME_H * t), 4)
+        self.t_rgb.filter = (moderngl.NEAREST, moderngl.NEAREST)
+        # chroma reads the same texture bilinearly: one fetch on a 2x2 block's corner = its mean
+        self.s_rgb_linear = self.ctx.sampler(texture=self.t_rgb, filter=(moderngl.LINEAR, moderngl.LINEAR))
+        self.fbo_rgb = self.ctx.framebuffer([self.t_rgb])
+        self.t_yuv = self.ctx.texture((FRAME_W, YUV_ROWS * t), 1)
+        self.fbo_yuv = self.ctx.framebuffer([self.t_yuv])
+        self.t_screens = self.ctx.texture_array((160, 210, t), 3, alignment=1)
+        self.t_screens.filter = (moderngl.NEAREST, moderngl.NEAREST)
+        self._dyn: dict[str, moderngl.Texture] = {}
+        self._layouts: dict[tuple, _LayoutGPU] = {}
+        fonts = [(f.origin_y, f.cell_w, f.cell_h, 0.0) for f in self.atlas.fonts.values()]
+        fonts += [(0.0, 0.0, 0.0, 0.0)] * (8 - len(fonts))
+        self.programs["text"]["u_fonts"].value = fonts
+        for name, prog in self.programs.items():
+            for uniform, unit in (("t_values", UNIT_VALUES), ("t_items", UNIT_ITEMS), ("t_chars", UNIT_CHARS),
+                                  ("t_atlas", UNIT_ATLAS), ("t_screens", UNIT_SCREENS), ("t_rgb", UNIT_RGB)):
+                if uniform in prog:
+                    prog[uniform].value = unit
+            if "u_atlas_size" in prog:
+                prog["u_atlas_size"].value = (w, h)
+            if "u_frame_size" in prog:
+                prog["u_frame_size"].value = (FRAME_W, FRAME_H)
+            if "u_tiles" in prog:
+                prog["u_tiles"].value = t
+        self.programs["game"]["u_rect"].value = GAME_RECT
+        self.programs["game"]["u_screen_size"].value = (160.0, 210.0)
+        self.programs["edges"]["u_half_width"].value = 2.5
+        self.programs["nodes"]["u_glow_extent"].value = 2.2
+
+    # -- layouts --------------------------------------------------------------------------------
+
+    def layout(self, spec: PanelSpec) -> PanelLayout:
+        """The (cached) layout for this architecture and action set."""
+        return self._gpu_layout(spec).layout
+
+    def _gpu_layout(self, spec: PanelSpec) -> _LayoutGPU:
+        key = spec.layout_key
+        if key not in self._layouts:
+            layout = PanelLayout(spec, self.atlas)
+            items, counts = {}, {}
+            for kind in ("rects", "glyphs", "nodes", "edges"):
+                data = getattr(layout, kind).texture_data()
+                tex = self.ctx.texture((data.shape[1], 4), 4, data.tobytes(), dtype="f4")
+                tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
+                items[kind], counts[kind] = tex, data.shape[1]
+            self._layouts[key] = _LayoutGPU(layout, items, counts)
+        return self._layouts[key]
+
+    def _dynamic(self, name: str, width: int, components: int, dtype: str) -> moderngl.Texture:
+        tex = self._dyn.get(name)
+        if tex is None or tex.width != width:
+            if tex is not None:
+                tex.release()
+            tex = self.ctx.texture((width, self.max_tiles), components, dtype=dtype, alignment=1)
+            tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
+            self._dyn[name] = tex
+        return tex
+
+    # -- drawing --------------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Start a pass: clear the whole tiled target."""
+        self.fbo_rgb.use()
+        self.fbo_rgb.clear(*BACKGROUND, 1.0)
+
+    def draw(self, spec: PanelSpec, values: np.ndarray, chars: np.ndarray, screens: np.ndarray, tile0: int = 0) -> None:
+        """Draw ``len(values)`` frames of one layout into tiles ``tile0 ...``."""
+        n = len(values)
+        if tile0 + n > self.max_tiles:
+            raise ValueError(f"{tile0 + n} frames exceed the {self.max_tiles} tiles of a pass")
+        gl = self._gpu_layout(spec)
+        ctx = self.ctx
+        t_values = self._dynamic("values", values.shape[1], 1, "f4")
+        t_values.write(np.ascontiguousarray(values, np.float32).tobytes(), viewport=(0, 0, values.shape[1], n))
+        t_chars = self._dynamic("chars", chars.shape[1], 1, "u1")
+        t_chars.write(np.ascontiguousarray(chars, np.uint8).tobytes(), viewport=(0, 0, chars.shape[1], n))
+        self.t_screens.write(np.ascontiguousarray(screens, np.uint8).tobytes(), viewport=(0, 0, 0, 160, 210, n))
+        t_values.use(UNIT_VALUES)
+        t_chars.use(UNIT_CHARS)
+        self.t_atlas.use(UNIT_ATLAS)
+        self.t_screens.use(UNIT_SCREENS)
+        self.fbo_rgb.use()
+        ctx.viewport = (0, 0, FRAME_W, FRAME_H * self.max_tiles)
+        for prog in self.programs.values():
+            if "u_tile0" in prog:
+                prog["u_tile0"].value = tile0
+        strip = moderngl.TRIANGLE_STRIP
+        ctx.disable(moderngl.BLEND)
+        self.vaos["game"].render(strip, vertices=4, instances=n)
+        ctx.enable(moderngl.BLEND)
+        for kind, prog_name, blend in (
+            ("rects", "rects", (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA)),
+            ("edges", "edges", (moderngl.ONE, moderngl.ONE)),
+            ("nodes", "nodes", (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA)),
+            ("glyphs", "text", (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA)),
+        ):
+            ctx.blend_func = blend
+            gl.items[kind].use(UNIT_ITEMS)
+            count = gl.counts[kind]
+            self.programs[prog_name]["u_items"].value = count
+            self.vaos[prog_name].render(strip, vertices=4, instances=n * count)
+        ctx.disable(moderngl.BLEND)
+
+    def read_yuv(self, n: int) -> np.ndarray:
+        """Convert tiles ``0..n-1`` to I420 on the GPU and read them: (n, 810, 960) uint8."""
+        self.fbo_yuv.use()
+        self.ctx.viewport = (0, 0, FRAME_W, YUV_ROWS * n)
+        self.t_rgb.use(UNIT_RGB)
+        self.vaos["yuv420"].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=n)
+        self.s_rgb_linear.use(UNIT_RGB)
+        self.vaos["chroma"].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=4 * n)
+        self.s_rgb_linear.clear(UNIT_RGB)
+        data = self.fbo_yuv.read(viewport=(0, 0, FRAME_W, YUV_ROWS * n), components=1, alignment=1)
+        return np.frombuffer(data, np.uint8).reshape(n, YUV_ROWS, FRAME_W)
+
+    def read_rgb(self, n: int) -> np.ndarray:
+        """Tiles ``0..n-1`` as (n, 540, 960, 3) uint8 RGB, rows top-down."""
+        data = self.fbo_rgb.read(viewport=(0, 0, FRAME_W, FRAME_H * n), components=3, alignment=1)
+        return np.frombuffer(data, np.uint8).reshape(n, FRAME_H, FRAME_W, 3)
+
+    def close(self) -> None:
+        for tex in (self.t_atlas, self.t_rgb, self.t_yuv, self.t_screens, *self._dyn.values()):
+            tex.release()
+        for gl in self._layouts.values():
+            for tex in gl.items.values():
+                tex.release()
+        self.s_rgb_linear.release()
+        self.fbo_rgb.release()
+        self.fbo_yuv.release()
+        for vao in self.vaos.values():
+            vao.release()
+        for prog in self.programs.values():
+            prog.release()
+        if self._own_ctx:
+            self.ctx.release()
+
+    def __enter__(self) -> FrameRenderer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,39 @@
+#version 330 core
+// Network connections. Strength = |weight| between the two node groups x source node level;
+// the glow is analytic: a Gaussian falloff across the segment inside the segment's own quad.
+#include "common.glsl"
+
+#if defined VERTEX_SHADER
+uniform int u_items;
+uniform float u_half_width;
+out float v_across;
+out vec4 v_color;
+
+void main() {
+    int frame = gl_InstanceID / u_items;
+    int item = gl_InstanceID - frame * u_items;
+    vec4 seg = item_row(item, 0);       // x0, y0, x1, y1
+    vec4 binding = item_row(item, 3);   // x: source level slot, y: group weight slot
+    float strength = frame_value(frame, int(binding.y)) * clamp(frame_value(frame, int(binding.x)), 0.0, 1.0);
+    vec2 dir = normalize(seg.zw - seg.xy);
+    vec2 normal = vec2(-dir.y, dir.x);
+    vec2 corner = quad_corner();
+    vec2 p = mix(seg.xy, seg.zw, corner.x) + normal * (corner.y * 2.0 - 1.0) * u_half_width;
+    v_across = corner.y * 2.0 - 1.0;
+    vec4 base = item_row(item, 1);
+    v_color = vec4(base.rgb, strength);
+    gl_Position = frame_to_clip(p, frame);
+}
+
+#elif defined FRAGMENT_SHADER
+in float v_across;
+in vec4 v_color;
+out vec4 f_color;
+
+void main() {
+    float glow = exp(-v_across * v_across * 6.0);
+    float a = v_color.a * glow;
+    if (a < 0.004) discard;
+    f_color = vec4(v_color.rgb * a, a);
+}
+#endif

@@ -1,0 +1,51 @@
+#version 330 core
+// Network nodes: a disc whose brightness is the node's activation level, an analytic glow
+// around it that grows with the level, and a ring on the executed action's output node whose
+// strength is that action's probability.
+#include "common.glsl"
+
+#if defined VERTEX_SHADER
+uniform int u_items;
+uniform float u_glow_extent;    // quad half-size in radii
+out vec2 v_local;               // position in radii from the centre
+out float v_level;
+out float v_ring;
+out vec3 v_color;
+out vec3 v_ring_color;
+
+void main() {
+    int frame = gl_InstanceID / u_items;
+    int item = gl_InstanceID - frame * u_items;
+    vec4 geom = item_row(item, 0);      // cx, cy, radius, level slot
+    vec4 binding = item_row(item, 3);   // y/z: action match, w: probability slot or -1
+    v_level = clamp(frame_value(frame, int(geom.w)), 0.0, 1.0);
+    v_ring = (item_matched(frame, binding) && binding.w >= 0.0)
+        ? 0.35 + 0.65 * clamp(frame_value(frame, int(binding.w)), 0.0, 1.0) : 0.0;
+    v_color = item_row(item, 1).rgb;
+    v_ring_color = item_row(item, 2).rgb;
+    v_local = (quad_corner() * 2.0 - 1.0) * u_glow_extent;
+    gl_Position = frame_to_clip(geom.xy + v_local * geom.z, frame);
+}
+
+#elif defined FRAGMENT_SHADER
+in vec2 v_local;
+in float v_level;
+in float v_ring;
+in vec3 v_color;
+in vec3 v_ring_color;
+out vec4 f_color;
+
+void main() {
+    float d = length(v_local);
+    float aa = fwidth(d);
+    float disc = 1.0 - smoothstep(1.0 - aa, 1.0 + aa, d);
+    float rim = disc * smoothstep(0.70, 1.0, d);
+    vec3 core = mix(v_color * 0.18, v_color, v_level) + vec3(0.6) * rim * 0.25;
+    float halo = d > 1.0 ? v_level * 0.8 * exp(-(d - 1.0) * (d - 1.0) * 2.5) : 0.0;
+    float ring = v_ring * exp(-pow((d - 1.6) / 0.18, 2.0));
+    vec3 rgb = core * disc + v_color * halo * (1.0 - disc) + v_ring_color * ring;
+    float a = max(disc, max(halo, ring));
+    if (a < 0.004) discard;
+    f_color = vec4(rgb, a);
+}
+#endif

@@ -1,0 +1,112 @@
+"""Shared fixtures: real, small SB3 checkpoints built on the fly (no downloads), and markers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+MARKERS = {
+    "slow": "long statistical or end-to-end checks",
+    "gpu": "needs a CUDA GPU (skipped where torch sees none)",
+    "nvenc": "needs an NVENC hardware encoder",
+    "display": "needs a display (X server or Xvfb) for a real window",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, why in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {why}")
+
+
+def _atari_venv():
+    import ale_py
+    import gymnasium as gym
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    gym.register_envs(ale_py)
+    return VecFrameStack(make_atari_env("BreakoutNoFrameskip-v4", n_envs=1, seed=0), n_stack=4)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def atari_venv():
+    """Breakout as SB3 trains on it; the models below take their spaces from it."""
+    venv = _atari_venv()
+    yield venv
+    venv.close()
+
+
+def _save(model, path: Path) -> Path:
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ppo_checkpoint(checkpoint_dir: Path, atari_venv) -> Path:
+    from stable_baselines3 import PPO
+
+    return _save(PPO("CnnPolicy", atari_venv, n_steps=8, batch_size=8, seed=1, device="cpu"),
+                 checkpoint_dir / "ppo_breakout.zip")
+
+
+@pytest.fixture(scope="session")
+def a2c_checkpoint(checkpoint_dir: Path, atari_venv) -> Path:
+    from stable_baselines3 import A2C
+
+    return _save(A2C("CnnPolicy", atari_venv, seed=2, device="cpu"), checkpoint_dir / "a2c_breakout.zip")
+
+
+@pytest.fixture(scope="session")
+def dqn_checkpoint(checkpoint_dir: Path, atari_venv) -> Path:
+    from stable_baselines3 import DQN
+
+    return _save(DQN("CnnPolicy", atari_venv, buffer_size=100, learning_starts=0, seed=3, device="cpu"),
+                 checkpoint_dir / "dqn_breakout.zip")
+
+
+@pytest.fixture(scope="session")
+def ppo_separate_checkpoint(checkpoint_dir: Path, atari_venv) -> Path:
+    """PPO whose actor and critic have their own CNN and one 64-unit dense layer each."""
+    from stable_baselines3 import PPO
+
+    kwargs = dict(net_arch=dict(pi=[64], vf=[64]), share_features_extractor=False)
+    return _save(PPO("CnnPolicy", atari_venv, n_steps=8, batch_size=8, seed=4, device="cpu", policy_kwargs=kwargs),
+                 checkpoint_dir / "ppo_separate_breakout.zip")
+
+
+@pytest.fixture(scope="session")
+def qrdqn_checkpoint(checkpoint_dir: Path, atari_venv) -> Path:
+    sb3_contrib = pytest.importorskip("sb3_contrib")
+    return _save(sb3_contrib.QRDQN("CnnPolicy", atari_venv, buffer_size=100, learning_starts=0, seed=5, device="cpu"),
+                 checkpoint_dir / "qrdqn_breakout.zip")
+
+
+@pytest.fixture(scope="session")
+def cartpole_checkpoint(checkpoint_dir: Path) -> Path:
+    """Discrete actions but vector observations: not an Atari image agent."""
+    from stable_baselines3 import PPO
+
+    return _save(PPO("MlpPolicy", "CartPole-v1", n_steps=8, batch_size=8, seed=6, device="cpu"),
+                 checkpoint_dir / "ppo_cartpole.zip")
+
+
+@pytest.fixture(scope="session")
+def pendulum_checkpoint(checkpoint_dir: Path) -> Path:
+    """Continuous actions: not a discrete Atari action set."""
+    from stable_baselines3 import PPO
+
+    return _save(PPO("MlpPolicy", "Pendulum-v1", n_steps=8, batch_size=8, seed=7, device="cpu"),
+                 checkpoint_dir / "ppo_pendulum.zip")
+
+
+@pytest.fixture(scope="session")
+def image_checkpoints(ppo_checkpoint, a2c_checkpoint, dqn_checkpoint, ppo_separate_checkpoint,
+                      qrdqn_checkpoint) -> dict[str, Path]:
+    return {"ppo": ppo_checkpoint, "a2c": a2c_checkpoint, "dqn": dqn_checkpoint,
+            "ppo_separate": ppo_separate_checkpoint, "qrdqn": qrdqn_checkpoint}
