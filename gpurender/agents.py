@@ -123,11 +123,14 @@ def _weight_layers(module: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
 
 
 def _group_matrix(w: np.ndarray, out_nodes: int, in_nodes: int) -> np.ndarray:
-    """Mean |w| between equal contiguous groups of output and input units -> (out_nodes, in_nodes)."""
+    """Mean |w| between equal contiguous groups of output and input units -> (out_nodes, in_nodes),
+    rescaled within the layer pair to [0.15, 1] (weakest to strongest group connection)."""
     out_groups = np.array_split(np.arange(w.shape[0]), out_nodes)
     in_groups = np.array_split(np.arange(w.shape[1]), in_nodes)
     m = np.array([[w[np.ix_(o, i)].mean() for i in in_groups] for o in out_groups], np.float32)
-    return m / max(float(m.max()), 1e-12)
+    span = float(m.max() - m.min())
+    rel = (m - m.min()) / span if span > 1e-12 else np.ones_like(m)
+    return (0.15 + 0.85 * rel).astype(np.float32)
 
 
 class Agent:

@@ -21,7 +21,7 @@ void main() {
     vec2 p = mix(seg.xy, seg.zw, corner.x) + normal * (corner.y * 2.0 - 1.0) * u_half_width;
     v_across = corner.y * 2.0 - 1.0;
     vec4 base = item_row(item, 1);
-    v_color = vec4(base.rgb, strength);
+    v_color = vec4(base.rgb, strength * strength * 0.7);  // squared: weak flow fades out
     gl_Position = frame_to_clip(p, frame);
 }
 

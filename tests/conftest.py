@@ -110,3 +110,24 @@ def image_checkpoints(ppo_checkpoint, a2c_checkpoint, dqn_checkpoint, ppo_separa
                       qrdqn_checkpoint) -> dict[str, Path]:
     return {"ppo": ppo_checkpoint, "a2c": a2c_checkpoint, "dqn": dqn_checkpoint,
             "ppo_separate": ppo_separate_checkpoint, "qrdqn": qrdqn_checkpoint}
+
+
+@pytest.fixture(scope="session")
+def image_continuous_checkpoint(checkpoint_dir: Path) -> Path:
+    """Atari-shaped image observations but continuous actions: not a discrete Atari action set."""
+    import gymnasium as gym
+    import numpy as np
+    from stable_baselines3 import PPO
+
+    class ImageBoxEnv(gym.Env):
+        observation_space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+        action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            return self.observation_space.sample(), {}
+
+        def step(self, action):
+            return self.observation_space.sample(), 0.0, False, False, {}
+
+    return _save(PPO("CnnPolicy", ImageBoxEnv(), n_steps=8, batch_size=8, seed=8, device="cpu"),
+                 checkpoint_dir / "ppo_image_continuous.zip")

@@ -153,7 +153,7 @@ class FrameRenderer:
     def read_yuv(self, n: int) -> np.ndarray:
         """Convert tiles ``0..n-1`` to I420 on the GPU and read them: (n, 810, 960) uint8."""
         self.fbo_yuv.use()
-        self.ctx.viewport = (0, 0, FRAME_W, YUV_ROWS * n)
+        self.ctx.viewport = (0, 0, FRAME_W, YUV_ROWS * self.max_tiles)
         self.t_rgb.use(UNIT_RGB)
         self.vaos["yuv420"].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=n)
         self.s_rgb_linear.use(UNIT_RGB)

@@ -1,0 +1,7 @@
+"""``python -m gpurender`` is the ``gpurender`` command."""
+
+import sys
+
+from gpurender.cli import main
+
+sys.exit(main())

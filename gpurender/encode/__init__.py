@@ -1,0 +1,165 @@
+"""H.264 encoders behind one small interface: libx264 through PyAV on any machine, NVENC
+(PyAV's ``h264_nvenc``) where the GPU has an encoder engine. Frames arrive as I420 planes
+(810 x 960 uint8: Y, then U, then V), straight from the renderer's last pass."""
+
+from __future__ import annotations
+
+import errno
+from fractions import Fraction
+import functools
+import logging
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from gpurender.errors import GpurenderError
+
+log = logging.getLogger(__name__)
+ENCODERS = ("auto", "nvenc", "x264")
+WIDTH, HEIGHT = 960, 540
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """How every video of a job is encoded."""
+
+    fps: int = 30
+    """Frames per second of the output."""
+    crf: int = 23
+    """Constant rate factor (x264) / constant quality (NVENC): lower is better and larger."""
+    preset: str = "veryfast"
+    """libx264 preset; NVENC uses its own p4."""
+    threads: int = 1
+    """Codec threads per video; videos already encode in parallel, one thread each."""
+
+
+@functools.cache
+def nvenc_unavailable_reason() -> str | None:
+    """``None`` if an NVENC H.264 session opens here, else why not (for the log)."""
+    try:
+        ctx = av.CodecContext.create("h264_nvenc", "w")
+    except Exception as exc:  # codec not built into this FFmpeg
+        return f"PyAV's FFmpeg has no h264_nvenc ({exc})"
+    ctx.width, ctx.height, ctx.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+    ctx.time_base = Fraction(1, 30)
+    try:
+        ctx.open()
+    except Exception as exc:
+        return f"no NVENC engine usable on this machine ({type(exc).__name__}: {exc}); H100/H200/A100/B200 have none"
+    return None
+
+
+def choose_encoder(kind: str) -> tuple[str, str]:
+    """-> (codec, reason). ``auto`` takes NVENC when a session opens, else libx264."""
+    if kind not in ENCODERS:
+        raise GpurenderError(f"unknown --encoder {kind!r}; expected one of {', '.join(ENCODERS)}")
+    if kind == "x264":
+        return "libx264", "requested"
+    reason = nvenc_unavailable_reason()
+    if reason is None:
+        return "h264_nvenc", "NVENC available"
+    if kind == "nvenc":
+        raise GpurenderError(f"--encoder nvenc: {reason}")
+    log.info("NVENC not used: %s; encoding with libx264", reason)
+    return "libx264", reason
+
+
+class VideoWriter:
+    """One MP4 written under a temporary name and renamed into place by :meth:`close`.
+
+    :meth:`abort` (Ctrl-C, a crash, a full disk) deletes the partial file, so the final name only
+    ever holds a complete, playable video.
+    """
+
+    def __init__(self, path: Path, codec: str, settings: EncodeSettings) -> None:
+        self.path = path
+        self.partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+        self.frames = 0
+        try:
+            self.container = av.open(str(self.partial), "w", format="mp4", options={"movflags": "+faststart"})
+        except OSError as exc:
+            raise GpurenderError(f"cannot write {self.partial}: {exc.strerror or exc}") from None
+        stream = self.container.add_stream(codec, rate=settings.fps)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        cc = stream.codec_context
+        cc.color_range = 1  # limited ("tv") range: what the shader writes
+        cc.colorspace = cc.color_primaries = cc.color_trc = 6  # SMPTE 170M (BT.601)
+        if codec == "libx264":
+            stream.options = {"crf": str(settings.crf), "preset": settings.preset}
+            cc.thread_count = settings.threads
+        else:
+            stream.options = {"preset": "p4", "rc": "vbr", "cq": str(settings.crf)}
+        self.stream = stream
+
+    def write(self, yuv: np.ndarray) -> None:
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        frame.pts = self.frames
+        self.frames += 1
+        self._mux(self.stream.encode(frame))
+
+    def _mux(self, packets: list) -> None:
+        try:
+            self.container.mux(packets)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise GpurenderError(f"no space left on the device writing {self.path}") from None
+            raise GpurenderError(f"cannot write {self.partial}: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        self._mux(self.stream.encode(None))
+        self.container.close()
+        os.replace(self.partial, self.path)
+
+    def abort(self) -> None:
+        try:
+            self.container.close()
+        except Exception:  # already broken: the partial file goes anyway
+            pass
+        self.partial.unlink(missing_ok=True)
+
+
+class EncoderThread:
+    """Runs a :class:`VideoWriter` on its own thread behind a bounded queue (memory stays flat);
+    PyAV releases the GIL while encoding, so videos encode in parallel with drawing."""
+
+    def __init__(self, writer: VideoWriter, depth: int = 8) -> None:
+        self.writer = writer
+        self.queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"encode-{writer.path.stem}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (item := self.queue.get()) is not None:
+                if self.error is None:
+                    self.writer.write(item)
+        except BaseException as exc:  # handed to the main thread
+            self.error = exc
+            while self.queue.get() is not None:  # drain so the producer never blocks
+                pass
+
+    def submit(self, yuv: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(yuv)
+
+    def finish(self) -> None:
+        """Flush, finalise and rename into place; re-raises an encoding error."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            self.writer.abort()
+            raise self.error
+        self.writer.close()
+
+    def abort(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        self.writer.abort()
