@@ -4,8 +4,10 @@ that yields everything the panel shows: action, probabilities or Q-values, value
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -78,6 +80,19 @@ class AgentOutput(NamedTuple):
     """(B, total_nodes) in [0, 1]: node levels of every displayed layer, concatenated."""
 
 
+@contextlib.contextmanager
+def _no_weight_init() -> Iterator[None]:
+    """Skip SB3's orthogonal initialisation while loading: every parameter is overwritten by the
+    checkpoint right after (``set_parameters(exact_match=True)``), and the QR decompositions of a
+    NatureCNN cost over a second per checkpoint on a small CPU."""
+    original = nn.init.orthogonal_
+    nn.init.orthogonal_ = lambda tensor, *args, **kwargs: tensor
+    try:
+        yield
+    finally:
+        nn.init.orthogonal_ = original
+
+
 def _read_data(path: Path) -> dict:
     with zipfile.ZipFile(path) as zf:
         return json.loads(zf.read("data"))
@@ -144,7 +159,8 @@ class Agent:
         self.stochastic = stochastic
         cls = _algo_class(self.algo)
         try:
-            self.model = cls.load(self.path, device=self.device)
+            with _no_weight_init():
+                self.model = cls.load(self.path, device=self.device)
         except Exception as exc:  # SB3 raises many types for a bad archive
             raise GpurenderError(f"{self.path}: cannot load as an SB3 {self.algo} model ({type(exc).__name__}: {exc})") from None
         self.policy = self.model.policy.eval()

@@ -25,7 +25,7 @@ from gpurender.envs import make_atari
 from gpurender.errors import GpurenderError
 from gpurender.games import Game, action_meanings, resolve_game
 from gpurender.milestones import Milestone, find_milestones
-from gpurender.render import FrameRenderer, PanelLayout, PanelSpec
+from gpurender.render import FrameRenderer, PanelSpec
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +60,70 @@ class RenderReport:
         return self.frames / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
 
+class MilestonePanel:
+    """One milestone's panel: turns its agent's outputs into the renderer's per-frame arrays."""
+
+    def __init__(self, milestone: Milestone, agent: Agent, game: Game, renderer: FrameRenderer) -> None:
+        self.milestone, self.agent = milestone, agent
+        self.names = action_meanings(game)
+        self.spec = PanelSpec(game.title, agent.algo, self.names, tuple(agent.layers), milestone.display,
+                              milestone.pct is not None, agent.learning_rate)
+        self.layout = renderer.layout(self.spec)
+        self.base_chars = self.layout.static_chars(self.spec)
+        self.edge_values = self.layout.edge_values(agent.edge_weights)
+        self.normaliser = LevelNormaliser(agent.node_counts)
+
+    def infer(self, obs: np.ndarray) -> dict[str, np.ndarray | None]:
+        """One batched forward; host arrays of everything the panel shows."""
+        o = self.agent.act(obs)
+        levels = self.normaliser(o.levels)
+        return {
+            "actions": o.actions.cpu().numpy(),
+            "probs": o.probs.float().cpu().numpy(),
+            "q_values": None if o.q_values is None else o.q_values.float().cpu().numpy(),
+            "values": o.value.float().cpu().numpy(),
+            "levels": levels.float().cpu().numpy(),
+        }
+
+    def texts(self, t: int, n_frames: int, out: dict, k: int, score: float, lives: int) -> dict[str, str]:
+        """The dynamic text fields of env ``k`` of this milestone at frame ``t``."""
+        action = int(out["actions"][k])
+        q_based = self.spec.q_based
+        texts = {
+            "frame": f"Frame:     {t + 1:>12,}",
+            "progress": f"Progress:  {100.0 * (t + 1) / n_frames:>11.2f}%" if n_frames else "Progress:          live",
+            "reward": f"Ep Reward: {score:>12.1f}",
+            "lives": f"Lives:     {lives:>12d}",
+            "value": f"{'Max Q:' if q_based else 'Value Est:':<11}{out['values'][k]:>12.3f}",
+            "action": f"Action:    {self.names[action]:>12}",
+        }
+        row = out["q_values"][k] if q_based else out["probs"][k]
+        for a, name in enumerate(self.names):
+            texts[f"act{a}"] = f"{name:<{self.layout.name_len}} {row[a]:7.3f}"
+        return texts
+
+    def pack(self, t: int, n_frames: int, out: dict, scores: np.ndarray, lives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> (values, chars) for the renderer, one row per env of this milestone."""
+        n = len(out["actions"])
+        values = self.layout.values(out["actions"], out["probs"], out["levels"],
+                                    np.broadcast_to(self.edge_values, (n, len(self.edge_values))))
+        chars = np.stack([
+            self.layout.frame_chars(self.base_chars, self.texts(t, n_frames, out, k, float(scores[k]), int(lives[k])))
+            for k in range(n)
+        ])
+        return values, chars
+
+
 @dataclass
 class _Slot:
-    """One milestone of the job: its agent, panel and envs (env indices ``envs``)."""
+    """One milestone of the job: its panel and the env indices it plays."""
 
-    milestone: Milestone
-    agent: Agent
-    spec: PanelSpec
+    panel: MilestonePanel
     envs: list[int]
-    normaliser: LevelNormaliser
-    layout: PanelLayout | None = None
-    base_chars: np.ndarray | None = None
-    edge_values: np.ndarray | None = None
+
+    @property
+    def milestone(self) -> Milestone:
+        return self.panel.milestone
 
 
 class _StepData(NamedTuple):
@@ -79,11 +131,8 @@ class _StepData(NamedTuple):
 
     t: int
     screens: np.ndarray
-    actions: np.ndarray
-    probs: list[np.ndarray]
-    q_values: list[np.ndarray | None]
-    values: np.ndarray
-    levels: list[np.ndarray]
+    outputs: list[dict]
+    """Per slot: ``MilestonePanel.infer`` of its envs."""
     scores: np.ndarray
     lives: np.ndarray
 
@@ -163,16 +212,7 @@ def render(cfg: RenderConfig, progress: bool = True, on_frame: Callable[[int], N
         report.wall_seconds = time.perf_counter() - t_start
         return report
 
-    names = action_meanings(game)
-    e_per = cfg.envs_per_milestone
-    slots = []
-    for i, (m, agent) in enumerate(loaded):
-        spec = PanelSpec(game.title, agent.algo, names, tuple(agent.layers), m.display,
-                         m.pct is not None, agent.learning_rate)
-        slots.append(_Slot(m, agent, spec, list(range(i * e_per, (i + 1) * e_per)),
-                           LevelNormaliser(agent.node_counts)))
-    seeds = [cfg.seed + e for _ in slots for e in range(e_per)]
-    job = _Job(cfg, game, slots, seeds, codec, output_dir)
+    job = _Job(cfg, game, loaded, codec, output_dir)
     try:
         job.run(progress, on_frame)
     finally:
@@ -189,24 +229,22 @@ def render(cfg: RenderConfig, progress: bool = True, on_frame: Callable[[int], N
 class _Job:
     """One batched render of several milestones; owns envs, renderer and encoders."""
 
-    def __init__(self, cfg: RenderConfig, game: Game, slots: list[_Slot], seeds: list[int], codec: str,
+    def __init__(self, cfg: RenderConfig, game: Game, loaded: list[tuple[Milestone, Agent]], codec: str,
                  output_dir: Path) -> None:
-        self.cfg, self.game, self.slots, self.codec = cfg, game, slots, codec
-        self.n_envs = len(seeds)
-        self.names = action_meanings(game)
+        self.cfg, self.game, self.codec = cfg, game, codec
+        e_per = cfg.envs_per_milestone
+        self.n_envs = len(loaded) * e_per
         self.frames_done = 0
         self.stage_seconds = {"simulate": 0.0, "draw": 0.0, "encode_wait": 0.0}
-        self.env = make_atari(game, seeds, cfg.backend)
         self.renderer = FrameRenderer()
         self.renderer_name = self.renderer.renderer
-        for s in slots:
-            s.layout = self.renderer.layout(s.spec)
-            s.base_chars = s.layout.static_chars(s.spec)
-            s.edge_values = s.layout.edge_values(s.agent.edge_weights)
+        self.slots = [_Slot(MilestonePanel(m, agent, game, self.renderer), list(range(i * e_per, (i + 1) * e_per)))
+                      for i, (m, agent) in enumerate(loaded)]
+        slots = self.slots
+        self.env = make_atari(game, [cfg.seed + e for _ in slots for e in range(e_per)], cfg.backend)
         # frames are drawn grouped by layout so each group is one run of tiles
-        keys = {s.spec.layout_key: k for k, s in reversed(list(enumerate(slots)))}
-        self.order = sorted(range(len(slots)), key=lambda i: keys[slots[i].spec.layout_key])
-        self.slot_index = {id(s): i for i, s in enumerate(slots)}
+        keys = {s.panel.spec.layout_key: k for k, s in reversed(list(enumerate(slots)))}
+        self.order = sorted(range(len(slots)), key=lambda i: keys[slots[i].panel.spec.layout_key])
         settings = EncodeSettings(fps=cfg.fps, crf=cfg.crf, preset=cfg.preset)
         self.results: list[VideoResult] = []
         self.encoders: dict[int, EncoderThread] = {}
@@ -231,18 +269,12 @@ class _Job:
                     return
                 t0 = time.perf_counter()
                 actions = np.zeros(self.n_envs, np.int64)
-                probs, qs, levels = [], [], []
-                values = np.zeros(self.n_envs, np.float32)
+                outputs = []
                 for s in self.slots:
-                    o = s.agent.act(step.obs[s.envs])
-                    lv = s.normaliser(o.levels)
-                    a = o.actions.cpu().numpy()
-                    actions[s.envs] = a
-                    values[s.envs] = o.value.float().cpu().numpy()
-                    probs.append(o.probs.float().cpu().numpy())
-                    qs.append(None if o.q_values is None else o.q_values.float().cpu().numpy())
-                    levels.append(lv.float().cpu().numpy())
-                data = _StepData(t, step.screens, actions, probs, qs, values, levels, scores.copy(), step.lives)
+                    result = s.panel.infer(step.obs[s.envs])
+                    actions[s.envs] = result["actions"]
+                    outputs.append(result)
+                data = _StepData(t, step.screens, outputs, scores.copy(), step.lives)
                 self.stage_seconds["simulate"] += time.perf_counter() - t0
                 out.put(data)
                 if t + 1 == self.cfg.frames:
@@ -262,46 +294,26 @@ class _Job:
 
     # -- main thread: draw + encode ------------------------------------------------------------
 
-    def _texts(self, s: _Slot, d: _StepData, k: int, e: int) -> dict[str, str]:
-        n = self.cfg.frames
-        name_len = s.layout.name_len
-        texts = {
-            "frame": f"Frame:     {d.t + 1:>12,}",
-            "progress": f"Progress:  {100.0 * (d.t + 1) / n:>11.2f}%",
-            "reward": f"Ep Reward: {d.scores[e]:>12.1f}",
-            "lives": f"Lives:     {int(d.lives[e]):>12d}",
-            "value": f"{'Max Q:' if s.spec.q_based else 'Value Est:':<11}{d.values[e]:>12.3f}",
-            "action": f"Action:    {self.names[d.actions[e]]:>12}",
-        }
-        si = self.slot_index[id(s)]
-        row = d.q_values[si] if s.spec.q_based else d.probs[si]
-        for a, name in enumerate(self.names):
-            texts[f"act{a}"] = f"{name:<{name_len}} {row[k, a]:7.3f}"
-        return texts
-
     def _draw_step(self, d: _StepData) -> None:
         r = self.renderer
-        per_env = []
+        per_env = []  # (env, panel, values row, chars row) in drawing order
         for i in self.order:
-            s, si = self.slots[i], i
-            vals = s.layout.values(d.actions[s.envs], d.probs[si], d.levels[si],
-                                   np.broadcast_to(s.edge_values, (len(s.envs), len(s.edge_values))))
-            for k, e in enumerate(s.envs):
-                per_env.append((e, s, vals[k], s.layout.frame_chars(s.base_chars, self._texts(s, d, k, e))))
+            s = self.slots[i]
+            values, chars = s.panel.pack(d.t, self.cfg.frames, d.outputs[i], d.scores[s.envs], d.lives[s.envs])
+            per_env += [(e, s.panel, values[k], chars[k]) for k, e in enumerate(s.envs)]
         for start in range(0, len(per_env), r.max_tiles):
             chunk = per_env[start : start + r.max_tiles]
             r.begin()
             j = 0
             while j < len(chunk):
-                s = chunk[j][1]
+                key = chunk[j][1].spec.layout_key
                 end = j
-                while end < len(chunk) and chunk[end][1].spec.layout_key == s.spec.layout_key:
+                while end < len(chunk) and chunk[end][1].spec.layout_key == key:
                     end += 1
                 seg = chunk[j:end]
-                envs = [c[0] for c in seg]
-                r.draw(s.spec, np.stack([c[2] for c in seg]), np.stack([c[3] for c in seg]),
-                       d.screens[envs], tile0=j)
-                j += len(seg)
+                r.draw(seg[0][1].spec, np.stack([c[2] for c in seg]), np.stack([c[3] for c in seg]),
+                       d.screens[[c[0] for c in seg]], tile0=j)
+                j = end
             yuv = r.read_yuv(len(chunk))
             t0 = time.perf_counter()
             for tile, c in enumerate(chunk):
@@ -316,8 +328,16 @@ class _Job:
         sim.start()
         bar = tqdm(total=self.cfg.frames * self.n_envs, unit="frame", disable=not progress,
                    desc=f"{self.game.name} x{len(self.slots)} milestones", dynamic_ncols=True)
+        def next_step() -> _StepData | None:
+            while True:  # never wait forever on a producer that died
+                try:
+                    return q.get(timeout=1.0)
+                except queue.Empty:
+                    if not sim.is_alive() and q.empty():
+                        return None
+
         try:
-            while (d := q.get()) is not None:
+            while (d := next_step()) is not None:
                 t0 = time.perf_counter()
                 self._draw_step(d)
                 self.stage_seconds["draw"] += time.perf_counter() - t0
@@ -327,6 +347,8 @@ class _Job:
                     on_frame(d.t)
             if self._error is not None:
                 raise self._error
+            if d is None and self.frames_done < self.cfg.frames * self.n_envs:
+                raise RuntimeError("the simulation thread stopped early")
             for enc in self.encoders.values():
                 enc.finish()
             self._finished = True
@@ -346,6 +368,7 @@ class _Job:
         for res in self.results:
             s = next(s for s in self.slots if s.milestone == res.milestone)
             e = s.envs[res.env_index]
+            agent = s.panel.agent
             res.frames = self.cfg.frames
             res.episode_returns = list(self.returns[e])
             meta = {
@@ -354,7 +377,7 @@ class _Job:
                 "checkpoint_sha256": sha256(s.milestone.path),
                 "milestone": s.milestone.label,
                 "game": self.game.name,
-                "algorithm": s.agent.algo,
+                "algorithm": agent.algo,
                 "seed": self.cfg.seed + res.env_index,
                 "frames": self.cfg.frames,
                 "fps": self.cfg.fps,

@@ -1,22 +1,12 @@
-"""Shared fixtures: real, small SB3 checkpoints built on the fly (no downloads), and markers."""
+"""Shared fixtures: real, small SB3 checkpoints built on the fly (no downloads).
+
+Markers (slow, gpu, nvenc, display) are declared in pyproject.toml."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-MARKERS = {
-    "slow": "long statistical or end-to-end checks",
-    "gpu": "needs a CUDA GPU (skipped where torch sees none)",
-    "nvenc": "needs an NVENC hardware encoder",
-    "display": "needs a display (X server or Xvfb) for a real window",
-}
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    for name, why in MARKERS.items():
-        config.addinivalue_line("markers", f"{name}: {why}")
 
 
 def _atari_venv():

@@ -274,7 +274,7 @@ def test_make_atari_envpool_game_over_resets_lives():
 
 
 def test_make_atari_unknown_backend():
-    with pytest.raises(GpurenderError, match="unknown env backend 'nope'.*envpool, gym"):
+    with pytest.raises(GpurenderError, match=r"unknown env backend 'nope'.*envpool, gym"):
         make_atari(BREAKOUT, [0], "nope")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -168,7 +169,7 @@ def test_check_zip_without_policy(tmp_path: Path):
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("data", "{}")
         zf.writestr("pytorch_variables.pth", b"")
-    with pytest.raises(GpurenderError, match="policy.pth") as info:
+    with pytest.raises(GpurenderError, match=r"policy\.pth") as info:
         check_zip(path)
     assert str(path) in str(info.value)
 
@@ -192,5 +193,5 @@ def test_check_zip_truncated(tmp_path: Path):
     good = _fake_checkpoint(tmp_path / "good.zip").read_bytes()
     path = tmp_path / "pct_50.zip"
     path.write_bytes(good[: len(good) // 2])
-    with pytest.raises(GpurenderError, match=str(path).replace(".", r"\.")):
+    with pytest.raises(GpurenderError, match=re.escape(str(path))):
         check_zip(path)
