@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -73,17 +74,32 @@ class MilestonePanel:
         self.edge_values = self.layout.edge_values(agent.edge_weights)
         self.normaliser = LevelNormaliser(agent.node_counts)
 
-    def infer(self, obs: np.ndarray) -> dict[str, np.ndarray | None]:
-        """One batched forward; host arrays of everything the panel shows."""
+    def launch(self, obs: torch.Tensor) -> torch.Tensor:
+        """One batched forward, left on the agent's device as one packed (n, width) float tensor:
+        action, value, probabilities, [Q-values], node levels. No host synchronisation here."""
         o = self.agent.act(obs)
-        levels = self.normaliser(o.levels)
+        parts = [o.actions.float()[:, None], o.value.float()[:, None], o.probs.float()]
+        if o.q_values is not None:
+            parts.append(o.q_values.float())
+        parts.append(self.normaliser(o.levels).float())
+        return torch.cat(parts, dim=1)
+
+    def unpack(self, packed: np.ndarray) -> dict[str, np.ndarray | None]:
+        """Host arrays of everything the panel shows, from :meth:`launch`'s tensor."""
+        a = len(self.names)
+        q = packed[:, 2 + a : 2 + 2 * a] if self.spec.q_based else None
+        start = 2 + (2 * a if self.spec.q_based else a)
         return {
-            "actions": o.actions.cpu().numpy(),
-            "probs": o.probs.float().cpu().numpy(),
-            "q_values": None if o.q_values is None else o.q_values.float().cpu().numpy(),
-            "values": o.value.float().cpu().numpy(),
-            "levels": levels.float().cpu().numpy(),
+            "actions": packed[:, 0].astype(np.int64),
+            "values": packed[:, 1],
+            "probs": packed[:, 2 : 2 + a],
+            "q_values": q,
+            "levels": packed[:, start : start + self.layout.n_nodes],
         }
+
+    def infer(self, obs: np.ndarray | torch.Tensor) -> dict[str, np.ndarray | None]:
+        """:meth:`launch` + :meth:`unpack` for one milestone on its own."""
+        return self.unpack(self.launch(torch.as_tensor(obs, device=self.agent.device)).cpu().numpy())
 
     def texts(self, t: int, n_frames: int, out: dict, k: int, score: float, lives: int) -> dict[str, str]:
         """The dynamic text fields of env ``k`` of this milestone at frame ``t``."""
@@ -193,6 +209,9 @@ def render(cfg: RenderConfig, progress: bool = True, on_frame: Callable[[int], N
     _check_output_dir(output_dir)
     codec, _ = choose_encoder(cfg.encoder)
     device = pick_device(cfg.device)
+    if device.type == "cpu":
+        # small batches gain little from intra-op threads, and drawing + encoding need the cores
+        torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 4)))
     failures: list[tuple[Path, str]] = []
     videos: list[VideoResult] = []
 
@@ -260,6 +279,15 @@ class _Job:
 
     # -- simulation thread ----------------------------------------------------------------
 
+    def _infer_all(self, obs: np.ndarray) -> list[dict]:
+        """Every milestone's forward, launched back to back, then one device->host copy."""
+        device = self.slots[0].panel.agent.device
+        obs_t = torch.from_numpy(obs).to(device, non_blocking=True)
+        packed = [s.panel.launch(obs_t[s.envs[0] : s.envs[-1] + 1]) for s in self.slots]
+        width = max(p.shape[1] for p in packed)
+        host = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in packed]).cpu().numpy()
+        return [s.panel.unpack(host[s.envs[0] : s.envs[-1] + 1]) for s in self.slots]
+
     def _simulate(self, out: queue.Queue) -> None:
         try:
             step = self.env.reset()
@@ -268,12 +296,8 @@ class _Job:
                 if self._stop.is_set():
                     return
                 t0 = time.perf_counter()
-                actions = np.zeros(self.n_envs, np.int64)
-                outputs = []
-                for s in self.slots:
-                    result = s.panel.infer(step.obs[s.envs])
-                    actions[s.envs] = result["actions"]
-                    outputs.append(result)
+                outputs = self._infer_all(step.obs)
+                actions = np.concatenate([out["actions"] for out in outputs])
                 data = _StepData(t, step.screens, outputs, scores.copy(), step.lives)
                 self.stage_seconds["simulate"] += time.perf_counter() - t0
                 out.put(data)
