@@ -1,15 +1,19 @@
-"""Stage benchmark: Atari env steps/s per backend and Agent.act observations/s, per batch size.
+"""Stage benchmark: env steps/s, inference obs/s, panel packing, drawing, readback and encoding
+frames/s, per batch size.
 
 Each case is set up, warmed up, then timed over 5 repetitions; the median is reported. The agent is
 an untrained PPO CnnPolicy on Breakout's spaces saved to a temporary folder (same network and
-cost as a trained one), so this runs on a fresh clone with no downloads.
+cost as a trained one), so this runs on a fresh clone with no downloads. The frames drawn,
+read back and encoded are real panels: 3 s of Breakout played by that agent (with 30 % random
+actions so the ball is served and the picture moves), packed by the pipeline's own
+``MilestonePanel``.
 
     python benchmarks/bench_stages.py            # full run (a few minutes on 2 cores)
     python benchmarks/bench_stages.py --quick    # smaller batches of work, fewer seconds
     python benchmarks/bench_stages.py --threads 1  # one torch thread (shared or busy cores)
 
 Writes ``benchmarks/results/stages-<machine>.json`` and ``.md`` naming the CPU, core count and
-torch device.
+torch device. ``benchmarks/bench.py`` runs the same cases as the first part of its suite.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,13 +44,21 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gpurender.agents import Agent, pick_device
+from gpurender.encode import EncodeSettings, VideoWriter, nvenc_unavailable_reason
 from gpurender.envs import make_atari
 from gpurender.games import resolve_game
+from gpurender.milestones import find_milestones
+from gpurender.pipeline import MilestonePanel
+from gpurender.render import FrameRenderer, PanelSpec
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCHES = (1, 8, 32, 128)
 GYM_MAX_BATCH = 8
+NVENC_MAX_BATCH = 8
+"""Consumer NVIDIA cards cap concurrent NVENC sessions (3-8), so larger batches are not tried."""
 REPS = 5
+UNITS = {"env": "env steps", "agent": "obs"}
+"""Unit of ``per_s`` per stage; every other stage counts 960x540 frames."""
 
 
 @dataclass
@@ -52,16 +66,18 @@ class Row:
     """One benchmark case: a stage at one batch size."""
 
     stage: str
-    """env | agent"""
+    """env | agent | pack | draw | readback | encode"""
     backend: str
-    """envpool | gym for env stages; the torch device for the agent stage."""
+    """envpool | gym (env); torch device (agent); python (pack); GL renderer (draw); yuv | rgb |
+    rgb+swscale (readback); codec and preset (encode)."""
     batch: int
     items_per_rep: int
-    """Env steps (batch x calls) or observations processed per timed repetition."""
+    """Env steps, observations or frames (batch x calls) processed per timed repetition."""
     per_s: float
-    """Median env steps/s or observations/s."""
+    """Median env steps/s, observations/s or frames/s."""
     ms_per_call: float
-    """Median milliseconds per batched call (one ``step`` or one ``act``)."""
+    """Median milliseconds per batched call: one ``step``/``act``/``pack``, one batch drawn or read
+    back (in passes of the renderer's tiles), one frame of each of ``batch`` videos encoded."""
     reps_s: list[float]
     """Seconds of each timed repetition."""
 
@@ -113,7 +129,212 @@ def bench_agent(agent: Agent, batch: int, target: int) -> Row:
     return row("agent", str(agent.device), batch, calls, reps)
 
 
-def make_checkpoint(folder: Path) -> Path:
+@dataclass
+class PanelFrames:
+    """A clip of real panel inputs (one env, consecutive steps) and the I420 frames drawn from them."""
+
+    panel: MilestonePanel
+    values: np.ndarray
+    """(T, n_values) float32, per step."""
+    chars: np.ndarray
+    """(T, n_slots) uint8, per step."""
+    screens: np.ndarray
+    """(T, 210, 160, 3) uint8, per step."""
+    outputs: list[dict]
+    """``MilestonePanel.infer`` per step (batch 1), for the packing stage."""
+    yuv: np.ndarray | None = None
+    """(T, 810, 960) uint8, filled by :func:`draw_clip`."""
+
+    @property
+    def spec(self) -> PanelSpec:
+        return self.panel.spec
+
+    def take(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``n`` consecutive steps from ``start`` (wrapping): values, chars, screens."""
+        idx = (start + np.arange(n)) % len(self.values)
+        return self.values[idx], self.chars[idx], self.screens[idx]
+
+
+def play_clip(agent: Agent, checkpoint: Path, renderer: FrameRenderer, steps: int,
+              game: str = "Breakout") -> PanelFrames:
+    """Play ``steps`` agent steps of one env and pack every panel the way the pipeline does."""
+    g = resolve_game(game)
+    panel = MilestonePanel(find_milestones([checkpoint])[0], agent, g, renderer)
+    env = make_atari(g, [0], "envpool")
+    rng = np.random.default_rng(0)
+    step = env.reset()
+    values, chars, screens, outputs = [], [], [], []
+    score = np.zeros(1)
+    for t in range(steps):
+        out = panel.infer(step.obs)
+        v, c = panel.pack(t, steps, out, score, step.lives)
+        values.append(v[0])
+        chars.append(c[0])
+        screens.append(step.screens[0])
+        outputs.append(out)
+        action = out["actions"] if rng.random() > 0.3 else rng.integers(0, len(env.action_names), 1)
+        step = env.step(np.asarray(action, np.int64))
+        score += step.rewards
+    env.close()
+    return PanelFrames(panel, np.stack(values), np.stack(chars), np.stack(screens), outputs)
+
+
+def _draw_passes(r: FrameRenderer, clip: PanelFrames, start: int, batch: int) -> Iterator[int]:
+    """Draw ``batch`` frames in passes of ``r.max_tiles``; yields each pass's frame count after
+    drawing it (the caller reads back, or not, before the next pass clears the target)."""
+    values, chars, screens = clip.take(start, batch)
+    for p0 in range(0, batch, r.max_tiles):
+        n = min(r.max_tiles, batch - p0)
+        r.begin()
+        r.draw(clip.spec, values[p0 : p0 + n], chars[p0 : p0 + n], screens[p0 : p0 + n])
+        yield n
+
+
+def draw_clip(r: FrameRenderer, clip: PanelFrames) -> np.ndarray:
+    """Every step of the clip drawn and read back as I420 (the encode stage's input)."""
+    out = []
+    for n in _draw_passes(r, clip, 0, len(clip.values)):
+        out.append(r.read_yuv(n).copy())
+    clip.yuv = np.concatenate(out)
+    return clip.yuv
+
+
+def bench_pack(clip: PanelFrames, batch: int, target: int) -> Row:
+    """``MilestonePanel.pack``: the per-frame text and value packing done in Python on the main thread."""
+    outs = clip.outputs
+    batched = {k: None if outs[0][k] is None else np.concatenate([outs[i % len(outs)][k] for i in range(batch)])
+               for k in outs[0]}
+    scores, lives = np.zeros(batch), np.full(batch, 5)
+    t = 0
+
+    def pack() -> None:
+        nonlocal t
+        clip.panel.pack(t, 2700, batched, scores, lives)
+        t += 1
+
+    calls = max(3, target // batch)
+    return row("pack", "python", batch, calls, timed(pack, calls, warmup=2))
+
+
+def bench_draw(r: FrameRenderer, clip: PanelFrames, batch: int, target: int) -> Row:
+    """Clear + six instanced draw calls per pass, finished (``glFinish``) before the next pass."""
+    start = 0
+
+    def draw() -> None:
+        nonlocal start
+        for _ in _draw_passes(r, clip, start, batch):
+            r.ctx.finish()
+        start += batch
+
+    calls = max(1, target // batch)
+    return row("draw", short_renderer(r.renderer), batch, calls, timed(draw, calls, warmup=2))
+
+
+def bench_readback(r: FrameRenderer, clip: PanelFrames, kind: str, batch: int, target: int) -> Row:
+    """Only the read is timed: ``yuv`` = GPU I420 pass + 1.5 B/pixel read (what the pipeline does);
+    ``rgb`` = 3 B/pixel read; ``rgb+swscale`` = RGB read then PyAV's RGB->I420 on the CPU (the
+    alternative to the shader pass)."""
+    import av
+
+    def read(n: int) -> None:
+        if kind == "yuv":
+            r.read_yuv(n)
+        elif kind == "rgb":
+            r.read_rgb(n)
+        else:
+            for rgb in r.read_rgb(n):
+                av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+
+    calls = max(1, target // batch)
+    reps = []
+    for rep in range(REPS + 1):  # the first is the warm-up
+        spent = 0.0
+        for c in range(calls):
+            for n in _draw_passes(r, clip, (rep * calls + c) * batch, batch):
+                r.ctx.finish()
+                t0 = time.perf_counter()
+                read(n)
+                spent += time.perf_counter() - t0
+        reps.append(spent)
+    return row("readback", kind, batch, calls, reps[1:])
+
+
+def bench_encode(clip: PanelFrames, codec: str, settings: EncodeSettings, batch: int, target: int,
+                 folder: Path) -> Row:
+    """``batch`` videos encoded in parallel, one ``VideoWriter`` (one codec thread) per video on its
+    own thread, as the pipeline's ``EncoderThread``s do. Each video plays the clip forwards then
+    backwards (no scene cuts, like a real video)."""
+    assert clip.yuv is not None
+    frames = np.concatenate([clip.yuv, clip.yuv[::-1]])
+    writers = [VideoWriter(folder / f"{codec}_{batch}_{i}.mp4", codec, settings) for i in range(batch)]
+    per_video = max(2, target // batch)
+
+    def encode_some(w: VideoWriter) -> None:
+        for _ in range(per_video):
+            w.write(frames[w.frames % len(frames)])
+
+    try:
+        with ThreadPoolExecutor(batch) as pool:
+            def step() -> None:
+                list(pool.map(encode_some, writers))
+
+            reps = timed(step, 1, warmup=1)
+    finally:
+        for w in writers:
+            w.abort()
+    label = f"{codec} {settings.preset}" if codec == "libx264" else codec
+    return row("encode", label, batch, per_video, reps)
+
+
+def short_renderer(name: str) -> str:
+    """``llvmpipe (LLVM 15.0.6, 256 bits) (4.5 ...)`` -> ``llvmpipe``; ``NVIDIA H100/PCIe/SSE2`` -> ``NVIDIA H100``."""
+    return name.split(" (")[0].split("/")[0]
+
+
+@contextmanager
+def stage_setup(device: torch.device, quick: bool) -> Iterator[tuple[Agent, FrameRenderer, PanelFrames]]:
+    """Agent (untrained PPO on Breakout), renderer and a played clip, released afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = make_checkpoint(Path(tmp), "pct_50.zip")
+        agent = Agent(ckpt, device=device)
+        with FrameRenderer() as r:
+            clip = play_clip(agent, ckpt, r, 48 if quick else 90)
+            draw_clip(r, clip)
+            yield agent, r, clip
+
+
+def run_stages(device: torch.device, batches: list[int], quick: bool, report: Callable[[Row], None],
+               gym: bool = True) -> dict:
+    """Every stage at every batch size; ``report`` gets each row as it is measured. -> context
+    (renderer name, encoders) for the results header."""
+    env_target, agent_target, frame_target = (200, 64, 32) if quick else (1000, 384, 128)
+    for b in batches:
+        report(bench_env("envpool", b, env_target))
+    if gym:
+        for b in (b for b in batches if b <= GYM_MAX_BATCH):
+            report(bench_env("gym", b, env_target))
+    settings = EncodeSettings()
+    codecs = ["libx264"] + (["h264_nvenc"] if nvenc_unavailable_reason() is None else [])
+    with stage_setup(device, quick) as (agent, r, clip), tempfile.TemporaryDirectory() as enc_dir:
+        for b in batches:
+            report(bench_agent(agent, b, agent_target))
+        for b in batches:
+            report(bench_pack(clip, b, frame_target))
+        for b in batches:
+            report(bench_draw(r, clip, b, frame_target))
+        for kind in ("yuv", "rgb", "rgb+swscale"):
+            for b in batches:
+                report(bench_readback(r, clip, kind, b, frame_target))
+        for codec in codecs:
+            for b in batches:
+                if codec != "libx264" and b > NVENC_MAX_BATCH:
+                    continue
+                report(bench_encode(clip, codec, settings, b, 2 * frame_target, Path(enc_dir)))
+        return {"renderer": r.renderer, "max_tiles": r.max_tiles, "encoders": codecs,
+                "x264_preset": settings.preset, "clip_steps": len(clip.values)}
+
+
+def make_checkpoint(folder: Path, name: str = "ppo_untrained.zip") -> Path:
     """Untrained PPO CnnPolicy on Breakout's observation and action spaces."""
     import ale_py
     import gymnasium as gym
@@ -123,7 +344,7 @@ def make_checkpoint(folder: Path) -> Path:
 
     gym.register_envs(ale_py)
     venv = VecFrameStack(make_atari_env("BreakoutNoFrameskip-v4", n_envs=1, seed=0), 4)
-    path = folder / "ppo_untrained.zip"
+    path = folder / name
     PPO("CnnPolicy", venv, n_steps=8, batch_size=8, seed=0, device="cpu").save(path)
     venv.close()
     return path
@@ -157,20 +378,31 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+def stage_table(rows: list[Row]) -> str:
+    lines = ["| stage | backend / device | batch | per second | ms per call |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        unit = UNITS.get(r.stage, "frames")
+        lines.append(f"| {r.stage} | {r.backend} | {r.batch} | {r.per_s:,.0f} {unit} | {r.ms_per_call:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[Row], info: dict, quick: bool) -> str:
     head = (
         f"# Stage benchmark — {info['name']}\n\n"
         f"- CPU: {info['cpu']} ({info['cores']} cores), torch {info['torch']} "
         f"(threads: {info['torch_threads']}), device `{info['device']}`"
         + (f" ({info['gpu']})" if info.get("gpu") else "") + "\n"
-        f"- load average at start: {info['load_avg_at_start']} · {info['date']} · "
+        + (f"- OpenGL: {info['renderer']}, {info['max_tiles']} frames per pass; encoders: "
+           f"{', '.join(info['encoders'])}\n" if "renderer" in info else "")
+        + f"- load average at start: {info['load_avg_at_start']} · {info['date']} · "
         f"{'--quick' if quick else 'full'} run, median of {REPS} repetitions\n\n"
     )
-    lines = ["| stage | backend / device | batch | per second | ms per call |", "|---|---|---:|---:|---:|"]
-    unit = {"env": "env steps", "agent": "obs"}
-    for r in rows:
-        lines.append(f"| {r.stage} | {r.backend} | {r.batch} | {r.per_s:,.0f} {unit[r.stage]} | {r.ms_per_call:.2f} |")
-    return head + "\n".join(lines) + "\n"
+    return head + stage_table(rows)
+
+
+def print_row(r: Row) -> None:
+    print(f"{r.stage:8s} {r.backend:16s} batch {r.batch:4d}: {r.per_s:10,.0f}/s  {r.ms_per_call:8.2f} ms/call",
+          flush=True)
 
 
 def main() -> None:
@@ -184,7 +416,6 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
 
-    env_target, agent_target = (200, 64) if args.quick else (1000, 384)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -196,18 +427,9 @@ def main() -> None:
 
     def report(r: Row) -> None:
         rows.append(r)
-        print(f"{r.stage:5s} {r.backend:8s} batch {r.batch:4d}: {r.per_s:10,.0f}/s  {r.ms_per_call:8.2f} ms/call",
-              flush=True)
+        print_row(r)
 
-    for b in args.batches:
-        report(bench_env("envpool", b, env_target))
-    for b in (b for b in args.batches if b <= GYM_MAX_BATCH):
-        report(bench_env("gym", b, env_target))
-    with tempfile.TemporaryDirectory() as tmp:
-        agent = Agent(make_checkpoint(Path(tmp)), device=device)
-        for b in args.batches:
-            report(bench_agent(agent, b, agent_target))
-
+    info.update(run_stages(device, args.batches, args.quick, report))
     md = markdown(rows, info, args.quick)
     print("\n" + md)
     args.out.mkdir(parents=True, exist_ok=True)

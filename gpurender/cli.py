@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -32,6 +33,8 @@ def _render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="libx264 preset (default veryfast)")
     p.add_argument("--force", action="store_true", default=None, help="re-render videos that already exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--stats-json", type=Path, metavar="PATH",
+                   help="write the job's frames, wall seconds and per-stage seconds here as JSON (benchmarks)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,10 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     pv = sub.add_parser("preview", help="watch an agent live in a window")
     _common(pv)
-    pv.add_argument("--fps", type=int, default=30)
+    pv.add_argument("--fps", type=int, help="agent steps per second at speed 1; also the recordings' rate (default 30)")
     pv.add_argument("--speed", type=float, default=1.0, help="pace multiplier (+/- keys change it)")
     pv.add_argument("--uncapped", action="store_true", help="run as fast as possible and show the fps")
     pv.add_argument("--output-dir", type=Path, default=Path("."), help="screenshots and recordings go here")
+    pv.add_argument("--encoder", choices=("auto", "nvenc", "x264"), help="H.264 encoder for recordings (default auto)")
     pv.add_argument("--max-frames", type=int, default=0, help=argparse.SUPPRESS)
     b = sub.add_parser("bench", help="run the benchmark suite")
     b.add_argument("args", nargs=argparse.REMAINDER, help="passed to benchmarks/bench.py")
@@ -102,6 +106,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     cfg = _render_config(args)
     report = render(cfg, progress=not args.quiet)
     _print_summary(report)
+    if args.stats_json is not None:
+        stats = {"frames": report.frames, "wall_seconds": report.wall_seconds, "fps": report.fps,
+                 "stage_seconds": report.stage_seconds, "encoder": report.encoder,
+                 "renderer": report.renderer, "device": report.device}
+        args.stats_json.write_text(json.dumps(stats, indent=2) + "\n")
     if report.failures:
         return 1 if any(not v.skipped for v in report.videos) or report.videos else 2
     return 0
@@ -158,7 +167,15 @@ COMMANDS = {"render": cmd_render, "demo": cmd_demo, "preview": cmd_preview, "ben
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if "bench" in argv and all(a.startswith("-") for a in argv[: argv.index("bench")]):
+        # everything after `bench` goes to benchmarks/bench.py untouched (REMAINDER drops leading options)
+        i = argv.index("bench")
+        args = parser.parse_args(argv[: i + 1])
+        args.args = argv[i + 1 :]
+    else:
+        args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="gpurender: %(message)s")
     try:
         return COMMANDS[args.command](args)

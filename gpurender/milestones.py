@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +158,7 @@ def check_zip(path: Path) -> None:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
             bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:  # zlib: damaged deflated member
         raise GpurenderError(f"{path}: not a readable checkpoint zip ({exc})") from None
     if bad is not None:
         raise GpurenderError(f"{path}: corrupt checkpoint zip (bad CRC in {bad})")

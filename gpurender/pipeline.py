@@ -254,7 +254,10 @@ class _Job:
         e_per = cfg.envs_per_milestone
         self.n_envs = len(loaded) * e_per
         self.frames_done = 0
-        self.stage_seconds = {"simulate": 0.0, "draw": 0.0, "encode_wait": 0.0}
+        # sim thread: infer, env, sim_blocked (queue full: drawing is slower); main thread: pack,
+        # gl (draw + convert + read back), encode_wait (encoder queues full), draw_starved
+        self.stage_seconds = dict.fromkeys(
+            ("infer", "env", "sim_blocked", "pack", "gl", "encode_wait", "draw_starved"), 0.0)
         self.renderer = FrameRenderer()
         self.renderer_name = self.renderer.renderer
         self.slots = [_Slot(MilestonePanel(m, agent, game, self.renderer), list(range(i * e_per, (i + 1) * e_per)))
@@ -299,8 +302,10 @@ class _Job:
                 outputs = self._infer_all(step.obs)
                 actions = np.concatenate([out["actions"] for out in outputs])
                 data = _StepData(t, step.screens, outputs, scores.copy(), step.lives)
-                self.stage_seconds["simulate"] += time.perf_counter() - t0
+                t1 = time.perf_counter()
+                self.stage_seconds["infer"] += t1 - t0
                 out.put(data)
+                self.stage_seconds["sim_blocked"] += time.perf_counter() - t1
                 if t + 1 == self.cfg.frames:
                     break
                 t0 = time.perf_counter()
@@ -309,7 +314,7 @@ class _Job:
                 for e in np.flatnonzero(step.game_over):
                     self.returns[e].append(float(scores[e]))
                     scores[e] = 0.0
-                self.stage_seconds["simulate"] += time.perf_counter() - t0
+                self.stage_seconds["env"] += time.perf_counter() - t0
             self._final_scores = scores
         except BaseException as exc:
             self._error = exc
@@ -320,13 +325,16 @@ class _Job:
 
     def _draw_step(self, d: _StepData) -> None:
         r = self.renderer
+        t0 = time.perf_counter()
         per_env = []  # (env, panel, values row, chars row) in drawing order
         for i in self.order:
             s = self.slots[i]
             values, chars = s.panel.pack(d.t, self.cfg.frames, d.outputs[i], d.scores[s.envs], d.lives[s.envs])
             per_env += [(e, s.panel, values[k], chars[k]) for k, e in enumerate(s.envs)]
+        self.stage_seconds["pack"] += time.perf_counter() - t0
         for start in range(0, len(per_env), r.max_tiles):
             chunk = per_env[start : start + r.max_tiles]
+            t0 = time.perf_counter()
             r.begin()
             j = 0
             while j < len(chunk):
@@ -339,6 +347,7 @@ class _Job:
                        d.screens[[c[0] for c in seg]], tile0=j)
                 j = end
             yuv = r.read_yuv(len(chunk))
+            self.stage_seconds["gl"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             for tile, c in enumerate(chunk):
                 self.encoders[c[0]].submit(yuv[tile])
@@ -352,6 +361,7 @@ class _Job:
         sim.start()
         bar = tqdm(total=self.cfg.frames * self.n_envs, unit="frame", disable=not progress,
                    desc=f"{self.game.name} x{len(self.slots)} milestones", dynamic_ncols=True)
+
         def next_step() -> _StepData | None:
             while True:  # never wait forever on a producer that died
                 try:
@@ -361,10 +371,13 @@ class _Job:
                         return None
 
         try:
-            while (d := next_step()) is not None:
+            while True:
                 t0 = time.perf_counter()
+                d = next_step()
+                self.stage_seconds["draw_starved"] += time.perf_counter() - t0
+                if d is None:
+                    break
                 self._draw_step(d)
-                self.stage_seconds["draw"] += time.perf_counter() - t0
                 self.frames_done += self.n_envs
                 bar.update(self.n_envs)
                 if on_frame is not None:

@@ -1,0 +1,86 @@
+"""End-to-end `gpurender render` on N milestones x S seconds, for machines without the full
+suite's dependencies (the device machine): whole command timed, peak RSS from /usr/bin/time
+when present, stage split from --stats-json. Writes benchmarks/results/gpu-<name>.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_checkpoints(folder: Path, n: int) -> None:
+    import ale_py
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    demo = sorted((Path(__file__).resolve().parents[1] / "gpurender" / "demo").glob("*.zip"))
+    src = folder / "src.zip"
+    if demo:
+        shutil.copy(demo[-1], src)
+    else:
+        gym.register_envs(ale_py)
+        env = VecFrameStack(make_atari_env("BreakoutNoFrameskip-v4", n_envs=1, seed=0), 4)
+        PPO("CnnPolicy", env, n_steps=8, batch_size=8, device="cpu").save(src)
+    for k in range(n):
+        shutil.copy(src, folder / f"pct_{k + 1}.zip")
+    src.unlink()
+
+
+def run(n: int, seconds: float, extra: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        ck, out = Path(tmp) / "ck", Path(tmp) / "out"
+        ck.mkdir()
+        make_checkpoints(ck, n)
+        stats = Path(tmp) / "stats.json"
+        cmd = [sys.executable, "-m", "gpurender", "render", "--model-dir", str(ck), "--output-dir", str(out),
+               "--clip-seconds", str(seconds), "--quiet", "--force", "--stats-json", str(stats), *extra]
+        timer = ["/usr/bin/time", "-v"] if Path("/usr/bin/time").exists() else []
+        t0 = time.perf_counter()
+        proc = subprocess.run(timer + cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            print(proc.stdout[-2000:], proc.stderr[-4000:])
+            raise SystemExit(f"render failed ({proc.returncode})")
+        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+        frames = round(n * seconds * 30)
+        summary = [line for line in proc.stdout.splitlines() if "frames/s" in line]
+        split = json.loads(stats.read_text()).get("stage_seconds", {}) if stats.exists() else {}
+        return {"milestones": n, "seconds": seconds, "frames": frames, "wall_s": round(wall, 2),
+                "fps": round(frames / wall, 1), "realtime_x": round(n * seconds / wall, 1),
+                "peak_rss_mib": round(int(m.group(1)) / 1024) if m else None,
+                "stage_seconds": {k: round(v, 2) for k, v in split.items()},
+                "summary": summary[-1] if summary else ""}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--milestones", default="1,4,16")
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--name", default=platform.node() or "gpu")
+    p.add_argument("extra", nargs="*", help="extra flags for gpurender render")
+    args = p.parse_args()
+    results = []
+    for n in (int(x) for x in args.milestones.split(",")):
+        r = run(n, args.seconds, args.extra)
+        results.append(r)
+        print(f"gpurender {n}x{round(args.seconds * 30)} frames: {r['fps']} fps "
+              f"({r['realtime_x']}x real time), peak RSS {r['peak_rss_mib']} MiB, stages {r['stage_seconds']} "
+              f"| {r['summary']}", flush=True)
+    out = Path(__file__).resolve().parent / "results" / f"gpu-{args.name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"cpus": os.cpu_count(), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""``python -m gpurender render`` end to end in a subprocess: playable videos and their sidecars,
+re-runs, the original tool's YAML, and every way a run can go wrong (Ctrl-C, bad checkpoints,
+unwritable output, bad arguments), each a one-line message and a meaningful exit code."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from _video import decode, message_lines, run_cli, start_cli, wait_cli
+
+VIDEO = "step_post_training_pct_10_analytics.mp4"
+
+
+def _corrupt_deflated_copy(src: Path, dst: Path) -> None:
+    """A re-zipped (deflated) checkpoint with damaged bytes inside policy.pth."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for name in zin.namelist():
+            zout.writestr(name, zin.read(name))
+    raw = bytearray(dst.read_bytes())
+    with zipfile.ZipFile(dst) as z:
+        start = z.getinfo("policy.pth").header_offset + 200
+    raw[start : start + 2000] = bytes(b ^ 0x5A for b in raw[start : start + 2000])
+    dst.write_bytes(bytes(raw))
+
+
+@pytest.fixture(scope="module")
+def run_dir(ppo_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder: a good checkpoint at 10% and two broken ones at 50% and 90%."""
+    run = tmp_path_factory.mktemp("run")
+    shutil.copy(ppo_checkpoint, run / "pct_10.zip")
+    _corrupt_deflated_copy(ppo_checkpoint, run / "pct_50.zip")
+    (run / "pct_90.zip").write_bytes(ppo_checkpoint.read_bytes()[:4096])  # truncated download
+    return run
+
+
+@pytest.fixture(scope="module")
+def first_render(run_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("videos")
+    proc = run_cli("render", "--model-dir", run_dir, "--output-dir", out, "--clip-seconds", "1", "--fps", "30",
+                   "--seed", "0", "--device", "cpu", "--quiet")
+    return proc, out
+
+
+def _no_partials(folder: Path) -> None:
+    leftovers = [p.name for p in folder.rglob("*") if "partial" in p.name]
+    assert leftovers == [], f"partial files left behind: {leftovers}"
+
+
+def _one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = message_lines(proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith("gpurender: error: "), proc.stderr
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# A good checkpoint beside broken ones
+
+
+def test_bad_checkpoints_are_reported_and_the_good_one_renders(first_render, run_dir: Path):
+    proc, out = first_render
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for bad in ("pct_50.zip", "pct_90.zip"):
+        assert str(run_dir / bad) in proc.stderr, f"{bad} not reported:\n{proc.stderr}"
+    assert str(run_dir / "pct_10.zip") not in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [VIDEO.replace(".mp4", ".json"), VIDEO]
+    _no_partials(out)
+
+
+def test_video_is_h264_960x540_and_plays_to_the_end(first_render):
+    _, out = first_render
+    d = decode(out / VIDEO)
+    assert (d.codec, d.width, d.height, d.pix_fmt, d.fps) == ("h264", 960, 540, "yuv420p", 30.0)
+    assert len(d.frames) == 30  # clip_seconds x fps, every one decodable
+
+
+def test_sidecar_describes_the_video(first_render, run_dir: Path):
+    _, out = first_render
+    meta = json.loads((out / VIDEO).with_suffix(".json").read_text())
+    ckpt = run_dir / "pct_10.zip"
+    assert Path(meta["checkpoint"]) == ckpt.resolve()
+    assert meta["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert meta["game"] == "Breakout" and meta["algorithm"] == "PPO"
+    assert meta["seed"] == 0 and meta["frames"] == 30 and meta["fps"] == 30
+    assert isinstance(meta["episode_returns"], list)
+    assert all(isinstance(x, int | float) for x in meta["episode_returns"])
+    assert meta["render_fps"] > 0
+    assert meta["encoder"] == "libx264"
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-runs and the original tool's config
+
+
+def test_rerun_skips_then_force_with_yaml_config_rerenders(first_render, run_dir: Path, tmp_path: Path):
+    _, first_out = first_render
+    out = tmp_path / "videos"
+    shutil.copytree(first_out, out)
+    video = out / VIDEO
+    before = video.read_bytes()
+    ckpt = run_dir / "pct_10.zip"
+
+    proc = run_cli("render", "--model-dir", ckpt, "--output-dir", out, "--clip-seconds", "1", "--device", "cpu",
+                   "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped" in proc.stdout, proc.stdout
+    assert video.read_bytes() == before
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "game:\n  env_id: BreakoutNoFrameskip-v4\n"
+        "train:\n  algo: ppo\n"
+        "recording:\n  fps: 15\n  milestone_clip_seconds: 1\n"
+    )
+    proc = run_cli("render", "--model-dir", ckpt, "--output-dir", out, "--config", config, "--force",
+                   "--device", "cpu", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped" not in proc.stdout
+    d = decode(video)
+    assert d.fps == 15.0 and len(d.frames) == 15
+    meta = json.loads(video.with_suffix(".json").read_text())
+    assert meta["fps"] == 15 and meta["frames"] == 15
+    _no_partials(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C
+
+
+def test_interrupt_leaves_no_partial_or_final_video(run_dir: Path, tmp_path: Path):
+    out = tmp_path / "videos"
+    proc = start_cli("render", "--model-dir", run_dir / "pct_10.zip", "--output-dir", out, "--clip-seconds", "60",
+                     "--device", "cpu", "--quiet")
+    try:
+        deadline = time.monotonic() + 180
+        while not (out.is_dir() and any("partial" in p.name for p in out.iterdir())):
+            assert proc.poll() is None, "render ended before writing anything"
+            assert time.monotonic() < deadline, "no partial video appeared"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+    finally:
+        done = wait_cli(proc, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "interrupted" in done.stderr
+    assert not list(out.glob("*_analytics.mp4")) and not list(out.glob("*.json"))
+    _no_partials(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input and output errors: one line, exit code 2, no traceback
+
+
+@pytest.fixture(scope="module")
+def bad_runs(run_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Each bad invocation, all started at once (each pays the interpreter's start-up)."""
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "empty").mkdir()
+    (tmp / "not_a_folder").write_text("")
+    good, out = run_dir / "pct_10.zip", tmp / "out"
+    cases = {  # arguments, what the message must name
+        "missing folder": (["--model-dir", tmp / "nope", "--output-dir", out], str(tmp / "nope")),
+        "empty folder": (["--model-dir", tmp / "empty", "--output-dir", out], str(tmp / "empty")),
+        "unknown game": (["--model-dir", good, "--game", "Brekout", "--output-dir", out], "did you mean Breakout"),
+        "unwritable output": (["--model-dir", good, "--output-dir", tmp / "not_a_folder" / "videos"],
+                              str(tmp / "not_a_folder" / "videos")),
+    }
+    started = {case: start_cli("render", *args, "--quiet") for case, (args, _) in cases.items()}
+    results = {case: (wait_cli(proc), cases[case][1]) for case, proc in started.items()}
+    return results, tmp / "out"
+
+
+@pytest.mark.parametrize("case", ["missing folder", "empty folder", "unknown game", "unwritable output"])
+def test_bad_arguments_are_one_line_errors(case: str, bad_runs):
+    results, out = bad_runs
+    proc, expect = results[case]
+    assert proc.returncode == 2, proc.stderr
+    assert expect in _one_line_error(proc)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_help():
+    proc = run_cli("--help", timeout=60)
+    assert proc.returncode == 0 and "render" in proc.stdout
+    proc = run_cli("render", "--help", timeout=60)
+    assert proc.returncode == 0
+    for flag in ("--model-dir", "--output-dir", "--clip-seconds", "--fps", "--config", "--force"):
+        assert flag in proc.stdout

@@ -1,0 +1,126 @@
+"""Encoding: I420 planes in, playable H.264 MP4 out, written under a hidden partial name until it is
+complete; encoder errors reach the caller; encoder selection on a machine without NVENC."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _video import decode
+
+from gpurender.encode import EncoderThread, EncodeSettings, VideoWriter, choose_encoder, nvenc_unavailable_reason
+from gpurender.errors import GpurenderError
+
+W, H = 960, 540
+LOSSLESS = EncodeSettings(fps=10, crf=0, preset="ultrafast")
+
+
+def i420_frames(n: int, seed: int = 0) -> list[np.ndarray]:
+    """(810, 960) uint8 frames: gradients that move plus noise, different in every plane."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W]
+    frames = []
+    for t in range(n):
+        y = (16 + (xx + yy + 7 * t) % 220).astype(np.uint8)
+        u = rng.integers(16, 241, (H // 2, W // 2), dtype=np.uint8)
+        v = (16 + (np.arange(W // 2)[None, :] * 3 + t) % 225).repeat(H // 2, 0).astype(np.uint8)
+        frames.append(np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(H * 3 // 2, W))
+    return frames
+
+
+def partials(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if "partial" in p.name]
+
+
+def test_writer_writes_a_hidden_partial_then_renames(tmp_path: Path):
+    out = tmp_path / "clip_analytics.mp4"
+    writer = VideoWriter(out, "libx264", LOSSLESS)
+    frames = i420_frames(5)
+    for f in frames:
+        writer.write(f)
+    (partial,) = partials(tmp_path)
+    assert partial.name.startswith(".") and partial.parent == tmp_path
+    assert not out.exists()
+    writer.close()
+    assert out.is_file() and partials(tmp_path) == []
+    d = decode(out)
+    assert (d.codec, d.width, d.height, d.pix_fmt, d.fps) == ("h264", W, H, "yuv420p", 10.0)
+    assert d.color_range == 1  # limited range, BT.601 as the renderer writes it
+    assert len(d.frames) == 5
+    for i, (got, want) in enumerate(zip(d.frames, frames, strict=True)):  # crf 0: lossless
+        assert np.array_equal(got, want), f"frame {i}: planes changed on the way through the encoder"
+
+
+@pytest.mark.parametrize("n_frames", [0, 40])
+def test_abort_removes_the_partial_file(tmp_path: Path, n_frames: int):
+    out = tmp_path / "clip.mp4"
+    writer = VideoWriter(out, "libx264", EncodeSettings())
+    for f in i420_frames(n_frames):
+        writer.write(f)
+    if n_frames:  # the file appears with the first packet, after x264's lookahead
+        assert partials(tmp_path)
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_in_an_unwritable_place_is_a_gpurender_error(tmp_path: Path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(GpurenderError, match="cannot write"):  # PyAV opens the file with the first packet
+        writer = VideoWriter(blocker / "clip.mp4", "libx264", EncodeSettings())
+        for f in i420_frames(40):
+            writer.write(f)
+        writer.close()
+
+
+def test_encoder_thread_encodes_everything_submitted(tmp_path: Path):
+    out = tmp_path / "clip.mp4"
+    enc = EncoderThread(VideoWriter(out, "libx264", LOSSLESS), depth=2)
+    frames = i420_frames(12, seed=3)
+    for f in frames:  # more frames than the queue holds: submit blocks instead of dropping
+        enc.submit(f)
+    enc.finish()
+    d = decode(out)
+    assert len(d.frames) == 12
+    assert all(np.array_equal(a, b) for a, b in zip(d.frames, frames, strict=True))
+
+
+def test_encoder_thread_hands_errors_to_the_caller(tmp_path: Path):
+    out = tmp_path / "clip.mp4"
+    enc = EncoderThread(VideoWriter(out, "libx264", EncodeSettings()))
+    for f in i420_frames(30):
+        enc.submit(f)
+    enc.submit(np.zeros((10, 10, 10), np.uint8))  # not an I420 frame: fails on the encoder thread
+    deadline = time.monotonic() + 30
+    while enc.error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert enc.error is not None
+    with pytest.raises(type(enc.error)):
+        enc.submit(i420_frames(1)[0])
+    with pytest.raises(type(enc.error)):
+        enc.finish()
+    assert list(tmp_path.iterdir()) == [], "a failed video must leave neither the final nor the partial file"
+
+
+def test_encoder_thread_abort_removes_the_partial(tmp_path: Path):
+    enc = EncoderThread(VideoWriter(tmp_path / "clip.mp4", "libx264", EncodeSettings()))
+    for f in i420_frames(4):
+        enc.submit(f)
+    enc.abort()
+    assert not enc.thread.is_alive()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_choose_encoder():
+    assert choose_encoder("x264")[0] == "libx264"
+    with pytest.raises(GpurenderError, match="unknown --encoder"):
+        choose_encoder("h265")
+    if nvenc_unavailable_reason() is None:
+        assert choose_encoder("auto")[0] == "h264_nvenc"
+        pytest.skip("this machine has NVENC: the fallback is not exercised")
+    with pytest.raises(GpurenderError, match="nvenc"):
+        choose_encoder("nvenc")
+    codec, reason = choose_encoder("auto")
+    assert codec == "libx264" and reason == nvenc_unavailable_reason()

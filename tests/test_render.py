@@ -1,0 +1,354 @@
+"""Drawing: golden frames on llvmpipe, pixel probes of what the panel must show, the GPU I420 pass
+against a numpy BT.601 conversion, and the whole pipeline through its Python API."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _video import check_golden, decode
+
+from gpurender.agents import MAX_ACTIONS, Agent, LayerInfo
+from gpurender.config import RenderConfig
+from gpurender.games import action_meanings, resolve_game
+from gpurender.render import FrameRenderer, PanelSpec
+from gpurender.render.layout import (
+    BACKGROUND,
+    BAR,
+    FRAME_H,
+    FRAME_W,
+    HILITE,
+    PANEL_W,
+    SLOT_ACTION,
+    SLOT_PROBS,
+    YELLOW,
+)
+
+BREAKOUT = resolve_game("Breakout")
+VENTURE = resolve_game("Venture")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixed, realistic inputs
+
+
+@pytest.fixture(scope="module")
+def _renderer():
+    r = FrameRenderer(max_tiles=2)
+    yield r
+    r.ctx.__enter__()  # current for the releases; close() releases the context itself
+    r.close()
+
+
+@pytest.fixture
+def renderer(_renderer: FrameRenderer):
+    """The module's renderer with its context current: the pipeline's own renderer (another context
+    in this process) leaves no context current when it is released."""
+    with _renderer.ctx:
+        yield _renderer
+
+
+@pytest.fixture(scope="module")
+def ppo_layers(ppo_checkpoint: Path) -> tuple[LayerInfo, ...]:
+    """The real network columns of the conftest PPO checkpoint (NatureCNN + 4 Breakout actions)."""
+    return tuple(Agent(ppo_checkpoint, device="cpu").layers)
+
+
+@pytest.fixture(scope="module")
+def breakout_screen() -> np.ndarray:
+    pytest.importorskip("envpool")
+    from gpurender.envs import make_atari
+
+    env = make_atari(BREAKOUT, [0], "envpool")
+    try:
+        return env.reset().screens[0].copy()
+    finally:
+        env.close()
+
+
+@dataclass
+class Frame:
+    """Everything one panel frame shows."""
+
+    spec: PanelSpec
+    action: int
+    probs: np.ndarray
+    levels: np.ndarray
+    screen: np.ndarray
+    q_values: np.ndarray | None = None
+
+    def with_(self, **kw) -> Frame:
+        return replace(self, **kw)
+
+
+def _edges(renderer: FrameRenderer, spec: PanelSpec) -> np.ndarray:
+    n = renderer.layout(spec).n_edges
+    return np.random.default_rng(7).uniform(0.15, 1.0, n).astype(np.float32)
+
+
+def ppo_frame(renderer: FrameRenderer, layers, screen: np.ndarray, action: int = 2) -> Frame:
+    spec = PanelSpec(BREAKOUT.title, "PPO", action_meanings(BREAKOUT), layers, "50%", True, 2.5e-4)
+    probs = np.array([0.05, 0.2, 0.6, 0.15], np.float32)
+    n_nodes = renderer.layout(spec).n_nodes
+    levels = np.linspace(0.0, 1.0, n_nodes, dtype=np.float32)
+    levels[-len(probs):] = probs
+    return Frame(spec, action, probs, levels, screen)
+
+
+def dqn18_frame(renderer: FrameRenderer, layers, screen: np.ndarray, action: int = 17) -> Frame:
+    """A DQN panel with the full 18-action set: the tall, small-font action list."""
+    names = action_meanings(VENTURE)
+    assert len(names) == MAX_ACTIONS
+    layers = (*layers[:-1], LayerInfo("Output", "output", (len(names),), len(names)))
+    spec = PanelSpec(VENTURE.title, "DQN", names, layers, "1,000,000 steps", False, 1e-4)
+    q = np.round(np.linspace(-0.45, 1.25, len(names)), 3).astype(np.float32)
+    probs = np.exp(q * 3) / np.exp(q * 3).sum()
+    n_nodes = renderer.layout(spec).n_nodes
+    levels = np.linspace(1.0, 0.0, n_nodes, dtype=np.float32)
+    levels[-len(probs):] = probs
+    return Frame(spec, action, probs.astype(np.float32), levels, screen, q)
+
+
+def _texts(renderer: FrameRenderer, f: Frame) -> dict[str, str]:
+    layout = renderer.layout(f.spec)
+    names = f.spec.action_names
+    q_based = f.q_values is not None
+    texts = {
+        "frame": f"Frame:     {1234:>12,}",
+        "progress": f"Progress:  {41.13:>11.2f}%",
+        "reward": f"Ep Reward: {12.0:>12.1f}",
+        "lives": f"Lives:     {5:>12d}",
+        "value": f"{'Max Q:' if q_based else 'Value Est:':<11}{0.123:>12.3f}",
+        "action": f"Action:    {names[f.action]:>12}",
+    }
+    row = f.q_values if q_based else f.probs
+    for a, name in enumerate(names):
+        texts[f"act{a}"] = f"{name:<{layout.name_len}} {row[a]:7.3f}"
+    return texts
+
+
+def draw(renderer: FrameRenderer, frames: list[Frame], yuv: bool = False, tile0: int = 0):
+    """Draw frames of one layout in one pass into tiles ``tile0...`` -> (n, 540, 960, 3) RGB of
+    those tiles (and (n, 810, 960) I420)."""
+    spec = frames[0].spec
+    layout = renderer.layout(spec)
+    values = np.concatenate([
+        layout.values(np.array([f.action]), f.probs[None], f.levels[None], _edges(renderer, spec)[None])
+        for f in frames])
+    base = layout.static_chars(spec)
+    chars = np.stack([layout.frame_chars(base, _texts(renderer, f)) for f in frames])
+    renderer.begin()
+    renderer.draw(spec, values, chars, np.stack([f.screen for f in frames]), tile0=tile0)
+    n = tile0 + len(frames)
+    if yuv:
+        return renderer.read_rgb(n)[tile0:].copy(), renderer.read_yuv(n)[tile0:].copy()
+    return renderer.read_rgb(n)[tile0:].copy()
+
+
+def _rgb255(color) -> np.ndarray:
+    return np.array(color[:3]) * 255.0
+
+
+def _over_background(color) -> np.ndarray:
+    """``color`` (with alpha) blended over the cleared frame, as 0..255."""
+    a = color[3]
+    return a * _rgb255(color) + (1 - a) * _rgb255(BACKGROUND)
+
+
+def _rects(renderer: FrameRenderer, spec: PanelSpec) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """(geometry, colour a, colour b, binding) of every rectangle of the layout."""
+    rows = np.asarray(renderer.layout(spec).rects.rows, np.float64).reshape(-1, 4, 4)
+    return [tuple(r) for r in rows]
+
+
+def _action_rows(renderer: FrameRenderer, spec: PanelSpec):
+    """Per action: the highlight rectangle and the probability bar rectangle (x, y, w, h)."""
+    rects = _rects(renderer, spec)
+    rows = []
+    for k in range(len(spec.action_names)):
+        hl = [g for g, a, _, bind in rects
+              if a[3] == 0 and bind[1] == SLOT_ACTION and bind[2] == k and bind[0] < 0]
+        bar = [g for g, _, _, bind in rects if bind[0] == SLOT_PROBS + k]
+        assert len(hl) == 1 and len(bar) == 1, f"action {k}: expected one highlight and one bar"
+        rows.append((hl[0], bar[0]))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Golden images (llvmpipe only)
+
+
+def _require_llvmpipe(renderer: FrameRenderer) -> None:
+    name = renderer.ctx.info["GL_RENDERER"]
+    if "llvmpipe" not in name:
+        pytest.skip(f"golden images are pinned to Mesa llvmpipe; this context is {name}")
+
+
+def test_golden_ppo_breakout(renderer, ppo_layers, breakout_screen):
+    _require_llvmpipe(renderer)
+    check_golden(draw(renderer, [ppo_frame(renderer, ppo_layers, breakout_screen)])[0], "ppo_breakout")
+
+
+def test_golden_dqn_18_actions(renderer, ppo_layers, breakout_screen):
+    _require_llvmpipe(renderer)
+    check_golden(draw(renderer, [dqn18_frame(renderer, ppo_layers, breakout_screen)])[0], "dqn_18_actions")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixel probes
+
+
+@pytest.mark.parametrize("kind", ["ppo", "dqn18"])
+def test_highlight_follows_the_executed_action(renderer, ppo_layers, breakout_screen, kind):
+    make = ppo_frame if kind == "ppo" else dqn18_frame
+    base = make(renderer, ppo_layers, breakout_screen)
+    rows = _action_rows(renderer, base.spec)
+    n = len(rows)
+    hilite, plain = _over_background(HILITE), _rgb255(BACKGROUND)
+    probs = np.full(n, 0.5, np.float32)  # every bar drawn, so every row's bar colour can be read
+    for action in sorted({0, 1, n // 2, n - 1}):
+        img = draw(renderer, [base.with_(action=action, probs=probs)])[0]
+        for k, ((hx, hy, _, hh), (bx, by, _, bh)) in enumerate(rows):
+            y = int(hy + hh / 2)
+            bg = img[y, int(hx) + 1].astype(float)  # left of the text: only the row background
+            np.testing.assert_allclose(bg, hilite if k == action else plain, atol=2,
+                                       err_msg=f"row {k} background, action {action}")
+            bar = img[int(by + bh / 2), int(bx) + 2].astype(float)
+            np.testing.assert_allclose(bar, _rgb255(YELLOW if k == action else BAR), atol=2,
+                                       err_msg=f"row {k} bar colour, action {action}")
+
+
+def test_bar_length_is_the_probability(renderer, ppo_layers, breakout_screen):
+    base = ppo_frame(renderer, ppo_layers, breakout_screen, action=3)
+    rows = _action_rows(renderer, base.spec)
+    for probs in ([0.0, 0.1, 0.65, 0.25], [1.0, 0.003, 0.5, 0.997]):
+        p = np.array(probs, np.float32)
+        img = draw(renderer, [base.with_(probs=p)])[0]
+        for k, (_, (bx, by, bw, bh)) in enumerate(rows):
+            line = img[int(by + bh / 2), int(bx) - 3 : int(bx + bw) + 3].astype(float)
+            color = _rgb255(YELLOW if k == base.action else BAR)
+            filled = int(np.all(np.abs(line - color) <= 2, axis=1).sum())
+            assert abs(filled - p[k] * bw) <= 1, f"row {k}: {filled} bar pixels for p={p[k]} of {bw:.0f}"
+
+
+def test_game_panel_is_the_screen_scaled_nearest(renderer, ppo_layers):
+    screen = np.random.default_rng(0).integers(0, 256, (210, 160, 3), dtype=np.uint8)
+    f = ppo_frame(renderer, ppo_layers, screen)
+    img = draw(renderer, [f])[0]
+    ys = np.floor((np.arange(FRAME_H) + 0.5) * 210 / FRAME_H).astype(int)
+    xs = np.floor((np.arange(FRAME_W - PANEL_W) + 0.5) * 160 / (FRAME_W - PANEL_W)).astype(int)
+    expected = screen[ys][:, xs]
+    mismatch = np.argwhere(np.any(img[:, PANEL_W:] != expected, axis=2))
+    assert len(mismatch) == 0, f"{len(mismatch)} game pixels differ, first at (y, x-480) {mismatch[0]}"
+
+
+def test_node_brightness_increases_with_level(renderer, ppo_layers, breakout_screen):
+    f = ppo_frame(renderer, ppo_layers, breakout_screen)
+    layout = renderer.layout(f.spec)
+    nodes = np.asarray(layout.nodes.rows, np.float64)[:, :4]  # cx, cy, radius, level slot
+    levels = np.zeros(layout.n_nodes, np.float32)
+    bounds = np.cumsum([0, *layout.node_counts])
+    for lo, hi in itertools.pairwise(bounds):
+        levels[lo:hi] = np.linspace(0.0, 1.0, hi - lo)  # dark to bright down every column
+    # the output column's levels are probabilities: make the executed action's (ring) the brightest
+    probs = levels[bounds[-2]:].copy()
+    img = draw(renderer, [f.with_(levels=levels, probs=probs, action=len(probs) - 1)])[0]
+    brightness = np.array([img[int(cy), int(cx)].astype(float).sum() for cx, cy, _, _ in nodes])
+    slots = nodes[:, 3].astype(int) - layout.slot_levels
+    for lo, hi in itertools.pairwise(bounds):
+        col = brightness[(slots >= lo) & (slots < hi)]
+        assert np.all(np.diff(col) > 0), f"nodes {lo}..{hi - 1}: brightness {col} not increasing with level"
+
+
+def test_batched_frames_equal_single_frames(renderer, ppo_layers, breakout_screen):
+    a = ppo_frame(renderer, ppo_layers, breakout_screen, action=0)
+    flipped = np.ascontiguousarray(breakout_screen[::-1])
+    b = a.with_(action=3, probs=np.array([0.7, 0.1, 0.1, 0.1], np.float32), screen=flipped,
+                levels=a.levels[::-1].copy())
+    both = draw(renderer, [a, b])
+    assert not np.array_equal(both[0], both[1])
+    np.testing.assert_array_equal(both[0], draw(renderer, [a])[0])
+    np.testing.assert_array_equal(both[1], draw(renderer, [b], tile0=1)[0])
+    # in another tile only sub-pixel rounding of the anti-aliased shapes may differ
+    moved = np.abs(draw(renderer, [b])[0].astype(int) - both[1])
+    assert moved.max() <= 2 and np.count_nonzero(moved) < 0.001 * moved.size, (
+        f"tile 0 vs tile 1: {np.count_nonzero(moved)} values differ, by up to {moved.max()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# RGB -> I420 on the GPU
+
+
+def bt601_i420(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Limited-range BT.601 planes as floats; chroma from the mean of each 2x2 block."""
+    c = rgb.astype(np.float64) / 255.0
+    y = 16 + c @ np.array([65.481, 128.553, 24.966])
+    m = c.reshape(FRAME_H // 2, 2, FRAME_W // 2, 2, 3).mean(axis=(1, 3))
+    u = 128 + m @ np.array([-37.797, -74.203, 112.0])
+    v = 128 + m @ np.array([112.0, -93.786, -18.214])
+    return y, u, v
+
+
+def test_yuv_planes_are_bt601_of_the_rgb_frame(renderer, ppo_layers, breakout_screen):
+    a = ppo_frame(renderer, ppo_layers, breakout_screen)
+    noise = np.random.default_rng(1).integers(0, 256, (210, 160, 3), dtype=np.uint8)
+    b = a.with_(action=1, screen=noise)
+    rgb, yuv = draw(renderer, [a, b], yuv=True)
+    assert yuv.shape == (2, FRAME_H * 3 // 2, FRAME_W) and yuv.dtype == np.uint8
+    for tile in range(2):
+        y, u, v = bt601_i420(rgb[tile])
+        planes = yuv[tile].reshape(-1)
+        gy = planes[: FRAME_H * FRAME_W].reshape(FRAME_H, FRAME_W)
+        q = FRAME_H * FRAME_W // 4
+        gu = planes[FRAME_H * FRAME_W : FRAME_H * FRAME_W + q].reshape(FRAME_H // 2, FRAME_W // 2)
+        gv = planes[FRAME_H * FRAME_W + q :].reshape(FRAME_H // 2, FRAME_W // 2)
+        for name, got, want, tol in (("Y", gy, y, 1), ("U", gu, u, 2), ("V", gv, v, 2)):
+            err = np.abs(got.astype(np.float64) - want)
+            worst = np.unravel_index(int(err.argmax()), err.shape)
+            assert err.max() <= tol, f"tile {tile} {name}: off by {err.max():.2f} at {worst}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline through its Python API
+
+
+@pytest.fixture(scope="module")
+def api_renders(ppo_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Two renders of the same checkpoint with the same seed, 1 s at 30 fps."""
+    from gpurender.pipeline import render
+
+    root = tmp_path_factory.mktemp("api")
+    run = root / "run"
+    run.mkdir()
+    shutil.copy(ppo_checkpoint, run / "pct_10.zip")
+    cfg = RenderConfig(model_dir=(run,), output_dir=root / "a", clip_seconds=1.0, fps=30, seed=0,
+                       device="cpu", encoder="x264")
+    first = render(cfg, progress=False)
+    second = render(replace(cfg, output_dir=root / "b"), progress=False)
+    return first, second
+
+
+def test_python_api_renders_a_playable_video(api_renders):
+    report, _ = api_renders
+    assert report.failures == []
+    assert len(report.videos) == 1 and not report.videos[0].skipped
+    video = report.videos[0]
+    assert video.path.name == "step_post_training_pct_10_analytics.mp4"
+    assert video.frames == 30 and report.frames == 30
+    d = decode(video.path)
+    assert (d.codec, d.width, d.height, d.pix_fmt, d.fps) == ("h264", 960, 540, "yuv420p", 30.0)
+    assert len(d.frames) == 30
+    assert d.color_range == 1  # limited range, as the shader writes it
+    assert not any(p.name.endswith(".partial.mp4") for p in video.path.parent.iterdir())
+
+
+def test_same_seed_renders_identical_frames(api_renders):
+    first, second = (decode(r.videos[0].path).frames for r in api_renders)
+    assert len(first) == len(second) == 30
+    assert not np.array_equal(first[0], first[-1]), "the video is a still image"
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        assert np.array_equal(a, b), f"frame {i} differs between two renders with the same seed"
