@@ -27,6 +27,7 @@ from gpurender.errors import GpurenderError
 from gpurender.games import Game, action_meanings, resolve_game
 from gpurender.milestones import Milestone, find_milestones
 from gpurender.render import FrameRenderer, PanelSpec
+from gpurender.render.layout import HISTORY_ACTIONS, HISTORY_SCORES
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,22 @@ class MilestonePanel:
         self.base_chars = self.layout.static_chars(self.spec)
         self.edge_values = self.layout.edge_values(agent.edge_weights)
         self.normaliser = LevelNormaliser(agent.node_counts)
+        self._hist_actions: np.ndarray | None = None  # (envs, HISTORY_ACTIONS), -1 = empty
+        self._hist_scores: np.ndarray | None = None  # (envs, HISTORY_SCORES), NaN = empty
+
+    def _remember(self, actions: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Append this frame's executed actions and episode rewards to the per-env histories."""
+        n = len(actions)
+        if self._hist_actions is None or len(self._hist_actions) != n:
+            self._hist_actions = np.full((n, HISTORY_ACTIONS), -1.0, np.float32)
+            self._hist_scores = np.full((n, HISTORY_SCORES), np.nan, np.float32)
+        self._hist_actions = np.roll(self._hist_actions, -1, axis=1)
+        self._hist_actions[:, -1] = actions
+        self._hist_scores = np.roll(self._hist_scores, -1, axis=1)
+        self._hist_scores[:, -1] = scores
+        peak = np.nanmax(np.abs(self._hist_scores), axis=1)
+        peak = np.where(peak > 0, peak, 1.0)
+        return self._hist_actions, np.nan_to_num(self._hist_scores / peak[:, None], nan=0.0), peak
 
     def launch(self, obs: torch.Tensor) -> torch.Tensor:
         """One batched forward, left on the agent's device as one packed (n, width) float tensor:
@@ -121,13 +138,16 @@ class MilestonePanel:
     def pack(self, t: int, n_frames: int, out: dict, scores: np.ndarray, lives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """-> (values, chars) for the renderer, one row per env of this milestone."""
         n = len(out["actions"])
+        hist_actions, hist_scores, peak = self._remember(out["actions"], scores)
         values = self.layout.values(out["actions"], out["probs"], out["levels"],
-                                    np.broadcast_to(self.edge_values, (n, len(self.edge_values))))
-        chars = np.stack([
-            self.layout.frame_chars(self.base_chars, self.texts(t, n_frames, out, k, float(scores[k]), int(lives[k])))
-            for k in range(n)
-        ])
-        return values, chars
+                                    np.broadcast_to(self.edge_values, (n, len(self.edge_values))),
+                                    hist_actions, hist_scores)
+        rows = []
+        for k in range(n):
+            texts = self.texts(t, n_frames, out, k, float(scores[k]), int(lives[k]))
+            texts["score_head"] = f"Episode reward, last {HISTORY_SCORES} frames (max {peak[k]:g})"
+            rows.append(self.layout.frame_chars(self.base_chars, texts))
+        return values, np.stack(rows)
 
 
 @dataclass

@@ -46,6 +46,19 @@ LAYER_COLORS = {
 }
 EDGE_COLOR = (0.4, 0.75, 1.0)
 
+# one colour per action index (history cells and the swatch beside each policy row)
+PALETTE = [
+    (0.62, 0.64, 0.70), (1.0, 0.45, 0.35), (0.35, 0.75, 1.0), (0.55, 0.95, 0.45), (0.95, 0.55, 0.95),
+    (1.0, 0.75, 0.3), (0.4, 0.95, 0.85), (0.75, 0.6, 1.0), (0.95, 0.9, 0.45), (0.9, 0.35, 0.6),
+    (0.45, 0.55, 0.95), (0.7, 0.85, 0.3), (1.0, 0.6, 0.6), (0.3, 0.85, 0.6), (0.85, 0.75, 0.95),
+    (0.6, 0.8, 0.95), (0.95, 0.7, 0.45), (0.55, 0.6, 0.4),
+]
+HISTORY_ACTIONS = 48
+"""Executed actions shown in the history strip (most recent on the right)."""
+HISTORY_SCORES = 96
+"""Frames of episode reward shown in the reward graph."""
+MODE_WIDTH, MODE_HEIGHT, MODE_PALETTE = 0, 1, 2
+
 SLOT_ACTION = 0
 SLOT_ACTION_PROB = 1
 SLOT_PROBS = 2
@@ -119,7 +132,9 @@ class PanelLayout:
         self.slot_levels = SLOT_PROBS + self.n_actions
         self.n_edges = sum(a * b for a, b in zip(self.node_counts[:-1], self.node_counts[1:], strict=True))
         self.slot_edges = self.slot_levels + self.n_nodes
-        self.n_values = self.slot_edges + self.n_edges
+        self.slot_hist_actions = self.slot_edges + self.n_edges
+        self.slot_hist_scores = self.slot_hist_actions + HISTORY_ACTIONS
+        self.n_values = self.slot_hist_scores + HISTORY_SCORES
         self.rects, self.glyphs, self.nodes, self.edges = _Items(), _Items(), _Items(), _Items()
         self.fields: dict[str, _Field] = {}
         self._static_fields: dict[str, str] = {}
@@ -169,11 +184,21 @@ class PanelLayout:
             y = top + k * row_h
             match = (-1, SLOT_ACTION, k, 0)
             r.add((224, y, PANEL_W - 232, row_h - 1), NONE, HILITE, match)
+            r.add((221, y + 2, 3, row_h - 5), (*PALETTE[k], 1.0))  # legend for the history strip
             r.add((bar_x, y + row_h * 0.22, bar_w, row_h * 0.56), BAR_BG)
             r.add((bar_x, y + row_h * 0.22, bar_w, row_h * 0.56), BAR, YELLOW, (SLOT_PROBS + k, SLOT_ACTION, k, 0))
             ty = y + (row_h - f.cell_h) / 2
             self._text(f"act{k}", 228, ty, font, name_len + 8, WHITE, YELLOW, match)
         self.name_len = name_len
+
+        # recent executed actions (palette colours, legend beside the policy rows) and episode reward
+        self._text("hist_head", 12, 190, "tiny", 40, DIM, static=f"Last {HISTORY_ACTIONS} actions")
+        for i in range(HISTORY_ACTIONS):
+            r.add((12 + i * 9, 204, 8, 9), NONE, NONE, (self.slot_hist_actions + i, -1, -1, MODE_PALETTE))
+        self._text("score_head", 12, 218, "tiny", 64, DIM)
+        r.add((12, 258, HISTORY_SCORES * 4, 1), (0.25, 0.3, 0.45, 1.0))
+        for i in range(HISTORY_SCORES):
+            r.add((12 + i * 4, 230, 3, 28), (0.3, 0.8, 0.5, 1.0), NONE, (self.slot_hist_scores + i, -1, -1, MODE_HEIGHT))
 
         # network diagram
         self._text("net_head", 12, 270, "head", 40, CYAN, static="Network Activity (real activations)")
@@ -237,15 +262,19 @@ class PanelLayout:
         """Flatten per-layer (dst, src) group weights in the order edges were laid out."""
         return np.concatenate([w.reshape(-1) for w in edge_weights]).astype(np.float32)
 
-    def values(self, actions: np.ndarray, probs: np.ndarray, levels: np.ndarray, edges: np.ndarray) -> np.ndarray:
-        """(B, n_values) float32 for ``t_values``."""
+    def values(self, actions: np.ndarray, probs: np.ndarray, levels: np.ndarray, edges: np.ndarray,
+               hist_actions: np.ndarray | None = None, hist_scores: np.ndarray | None = None) -> np.ndarray:
+        """(B, n_values) float32 for ``t_values``. History: (B, HISTORY_ACTIONS) action indices (-1
+        empty) and (B, HISTORY_SCORES) episode rewards scaled to [0, 1]."""
         b = len(actions)
         out = np.empty((b, self.n_values), np.float32)
         out[:, SLOT_ACTION] = actions
         out[:, SLOT_ACTION_PROB] = probs[np.arange(b), actions]
         out[:, SLOT_PROBS : self.slot_levels] = probs
         out[:, self.slot_levels : self.slot_edges] = levels
-        out[:, self.slot_edges :] = edges
+        out[:, self.slot_edges : self.slot_hist_actions] = edges
+        out[:, self.slot_hist_actions : self.slot_hist_scores] = -1 if hist_actions is None else hist_actions
+        out[:, self.slot_hist_scores :] = 0 if hist_scores is None else hist_scores
         return out
 
     def frame_chars(self, base: np.ndarray, texts: dict[str, str]) -> np.ndarray:

@@ -14,7 +14,16 @@ import numpy as np
 
 from gpurender.render.atlas import GlyphAtlas
 from gpurender.render.context import create_headless_context, renderer_name
-from gpurender.render.layout import BACKGROUND, FACES, FRAME_H, FRAME_W, GAME_RECT, PanelLayout, PanelSpec
+from gpurender.render.layout import (
+    BACKGROUND,
+    FACES,
+    FRAME_H,
+    FRAME_W,
+    GAME_RECT,
+    PALETTE,
+    PanelLayout,
+    PanelSpec,
+)
 from gpurender.render.shaders import load_program
 
 YUV_ROWS = FRAME_H * 3 // 2
@@ -71,6 +80,7 @@ class FrameRenderer:
                 prog["u_frame_size"].value = (FRAME_W, FRAME_H)
             if "u_tiles" in prog:
                 prog["u_tiles"].value = t
+        self.programs["rects"]["u_palette"].value = [(*c, 1.0) for c in PALETTE]
         self.programs["game"]["u_rect"].value = GAME_RECT
         self.programs["game"]["u_screen_size"].value = (160.0, 210.0)
         self.programs["edges"]["u_half_width"].value = 2.5
