@@ -69,6 +69,18 @@ def summarise(starts: list[float], period: float) -> dict:
     }
 
 
+def x_server() -> str:
+    """``Xvfb :99`` when an Xvfb process is running here, else ``X display :0``."""
+    display = os.environ.get("DISPLAY", "?")
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "Xvfb":
+                return f"Xvfb {display}"
+        except OSError:
+            continue
+    return f"X display {display}"
+
+
 def measure(pv: Preview, seconds: float) -> tuple[list[float], dict[str, list[float]]]:
     """Frame start times and per-frame stage ms over ``seconds`` of the preview's own loop."""
     starts: list[float] = []
@@ -106,7 +118,9 @@ def markdown(res: dict) -> str:
         f"- OpenGL: {m['renderer']} in a glfw window on {m['display']}; swap interval 0, paced by the "
         "preview's deadline scheduler",
         f"- load average at start: {m['load_avg_at_start']} · {m['date']} · {res['seconds']} s per paced run "
-        f"after a {res['warmup_s']} s warm-up",
+        f"after a {res['warmup_s']} s warm-up"
+        + (" · a load above the core count: other jobs were competing for the cores"
+           if m["load_avg_at_start"][0] > (m["cores"] or 1) else ""),
         "",
         "| run | frames | fps reached | mean ms | std ms (jitter) | p95 ms | max ms | late (>1.5 periods) | drift ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -160,7 +174,7 @@ def main() -> int:
             free, _ = measure(pv, args.uncapped_seconds)
             info["renderer"] = short_renderer(pv.renderer.renderer)
             info["gl"] = pv.renderer.renderer
-    info.update(name=args.name, display=f"X display {os.environ['DISPLAY']}",
+    info.update(name=args.name, display=x_server(),
                 date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
     res = {
         "machine": info,

@@ -91,6 +91,12 @@ class MilestonePanel:
         peak = np.where(peak > 0, peak, 1.0)
         return self._hist_actions, np.nan_to_num(self._hist_scores / peak[:, None], nan=0.0), peak
 
+    def continue_history(self, other: MilestonePanel) -> None:
+        """Take over ``other``'s action and reward histories: they belong to the game, and the
+        preview hands one game from agent to agent."""
+        self._hist_actions = None if other._hist_actions is None else other._hist_actions.copy()
+        self._hist_scores = None if other._hist_scores is None else other._hist_scores.copy()
+
     def launch(self, obs: torch.Tensor) -> torch.Tensor:
         """One batched forward, left on the agent's device as one packed (n, width) float tensor:
         action, value, probabilities, [Q-values], node levels. No host synchronisation here."""
@@ -145,7 +151,7 @@ class MilestonePanel:
         rows = []
         for k in range(n):
             texts = self.texts(t, n_frames, out, k, float(scores[k]), int(lives[k]))
-            texts["score_head"] = f"Episode reward, last {HISTORY_SCORES} frames (max {peak[k]:g})"
+            texts["score_head"] = f"Reward, last {HISTORY_SCORES} frames, max {peak[k]:g}"  # fits 34 chars
             rows.append(self.layout.frame_chars(self.base_chars, texts))
         return values, np.stack(rows)
 

@@ -365,8 +365,12 @@ class Preview:
         self._dirty = True
 
     def select(self, index: int) -> None:
-        """Hand the game to milestone ``index``'s agent (the game goes on)."""
-        self.current = index % len(self.panels)
+        """Hand the game to milestone ``index``'s agent (the game goes on, and so do the panel's
+        action and reward histories)."""
+        index %= len(self.panels)
+        if index != self.current:
+            self.panels[index].continue_history(self.panel)
+        self.current = index
         self._dirty = True
         self._update_title(force=True)
 

@@ -255,8 +255,12 @@ def test_milestone_switch_and_speed_keys(preview) -> None:
     preview.select(0)
     assert "milestone 10% PPO (1/2)" in _title(preview)
     frames = preview.frames
+    preview.run(max_frames=1)
+    history = preview.panel._hist_actions.copy()  # the game's executed actions so far
     _press(preview, glfw.KEY_TAB)
     assert "milestone 50% DQN (2/2)" in _title(preview)
+    assert np.array_equal(preview.panel._hist_actions, history)  # the strip goes on with the game
+    frames += 1
     preview.run(max_frames=2)  # the game goes on under the other agent
     assert preview.frames == frames + 2
     assert preview.frame_rgb().std() > 10

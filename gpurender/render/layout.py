@@ -191,14 +191,19 @@ class PanelLayout:
             self._text(f"act{k}", 228, ty, font, name_len + 8, WHITE, YELLOW, match)
         self.name_len = name_len
 
-        # recent executed actions (palette colours, legend beside the policy rows) and episode reward
-        self._text("hist_head", 12, 190, "tiny", 40, DIM, static=f"Last {HISTORY_ACTIONS} actions")
+        # recent executed actions (palette colours, legend beside the policy rows) and episode reward;
+        # full width under a short action list, the left column only beside a tall one (6+ actions)
+        span = PANEL_W - 48 if top + self.n_actions * row_h <= 200 else 216 - 12
+        step_a, step_s = span // HISTORY_ACTIONS, span // HISTORY_SCORES
+        chars = span // self.atlas.fonts["tiny"].cell_w
+        self._text("hist_head", 12, 190, "tiny", min(40, chars), DIM, static=f"Last {HISTORY_ACTIONS} actions")
         for i in range(HISTORY_ACTIONS):
-            r.add((12 + i * 9, 204, 8, 9), NONE, NONE, (self.slot_hist_actions + i, -1, -1, MODE_PALETTE))
-        self._text("score_head", 12, 218, "tiny", 64, DIM)
-        r.add((12, 258, HISTORY_SCORES * 4, 1), (0.25, 0.3, 0.45, 1.0))
+            r.add((12 + i * step_a, 204, step_a - 1, 9), NONE, NONE, (self.slot_hist_actions + i, -1, -1, MODE_PALETTE))
+        self._text("score_head", 12, 218, "tiny", min(64, chars), DIM)
+        r.add((12, 258, HISTORY_SCORES * step_s, 1), (0.25, 0.3, 0.45, 1.0))
         for i in range(HISTORY_SCORES):
-            r.add((12 + i * 4, 230, 3, 28), (0.3, 0.8, 0.5, 1.0), NONE, (self.slot_hist_scores + i, -1, -1, MODE_HEIGHT))
+            r.add((12 + i * step_s, 230, max(1, step_s - 1), 28), (0.3, 0.8, 0.5, 1.0), NONE,
+                  (self.slot_hist_scores + i, -1, -1, MODE_HEIGHT))
 
         # network diagram
         self._text("net_head", 12, 270, "head", 40, CYAN, static="Network Activity (real activations)")
