@@ -220,7 +220,6 @@ def _load_slots(cfg: RenderConfig, game: Game, device: torch.device, milestones:
                 raise GpurenderError(f"{m.path}: config says {cfg.algo} but the checkpoint is {agent.algo}")
         except GpurenderError as exc:
             failures.append((m.path, str(exc)))
-            log.error("%s", exc)
             continue
         loaded.append((m, agent))
     return loaded

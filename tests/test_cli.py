@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from _video import decode, message_lines, run_cli, start_cli, wait_cli
 
+from gpurender.encode import nvenc_unavailable_reason
+
 VIDEO = "step_post_training_pct_10_analytics.mp4"
 
 
@@ -94,7 +96,7 @@ def test_sidecar_describes_the_video(first_render, run_dir: Path):
     assert isinstance(meta["episode_returns"], list)
     assert all(isinstance(x, int | float) for x in meta["episode_returns"])
     assert meta["render_fps"] > 0
-    assert meta["encoder"] == "libx264"
+    assert meta["encoder"] == ("libx264" if nvenc_unavailable_reason() else "h264_nvenc")
 
 
 # ---------------------------------------------------------------------------------------------

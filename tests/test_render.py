@@ -22,6 +22,11 @@ from gpurender.render.layout import (
     FRAME_H,
     FRAME_W,
     HILITE,
+    HISTORY_ACTIONS,
+    HISTORY_SCORES,
+    MODE_HEIGHT,
+    MODE_PALETTE,
+    PALETTE,
     PANEL_W,
     SLOT_ACTION,
     SLOT_PROBS,
@@ -80,6 +85,10 @@ class Frame:
     levels: np.ndarray
     screen: np.ndarray
     q_values: np.ndarray | None = None
+    hist_actions: np.ndarray | None = None
+    """(HISTORY_ACTIONS,) recent executed actions, -1 = none yet."""
+    hist_scores: np.ndarray | None = None
+    """(HISTORY_SCORES,) recent episode rewards scaled to [0, 1]."""
 
     def with_(self, **kw) -> Frame:
         return replace(self, **kw)
@@ -90,13 +99,22 @@ def _edges(renderer: FrameRenderer, spec: PanelSpec) -> np.ndarray:
     return np.random.default_rng(7).uniform(0.15, 1.0, n).astype(np.float32)
 
 
+def _history(n_actions: int) -> tuple[np.ndarray, np.ndarray]:
+    """A game 40 steps old: the strip partly filled; the reward stepping up to its maximum."""
+    actions = np.full(HISTORY_ACTIONS, -1.0, np.float32)
+    actions[-40:] = np.random.default_rng(3).integers(0, n_actions, 40)
+    rewards = np.zeros(HISTORY_SCORES, np.float32)
+    rewards[-40:] = np.repeat([1.0, 4.0, 5.0, 8.0, 12.0], 8)
+    return actions, rewards / 12.0
+
+
 def ppo_frame(renderer: FrameRenderer, layers, screen: np.ndarray, action: int = 2) -> Frame:
     spec = PanelSpec(BREAKOUT.title, "PPO", action_meanings(BREAKOUT), layers, "50%", True, 2.5e-4)
     probs = np.array([0.05, 0.2, 0.6, 0.15], np.float32)
     n_nodes = renderer.layout(spec).n_nodes
     levels = np.linspace(0.0, 1.0, n_nodes, dtype=np.float32)
     levels[-len(probs):] = probs
-    return Frame(spec, action, probs, levels, screen)
+    return Frame(spec, action, probs, levels, screen, None, *_history(len(probs)))
 
 
 def dqn18_frame(renderer: FrameRenderer, layers, screen: np.ndarray, action: int = 17) -> Frame:
@@ -110,7 +128,7 @@ def dqn18_frame(renderer: FrameRenderer, layers, screen: np.ndarray, action: int
     n_nodes = renderer.layout(spec).n_nodes
     levels = np.linspace(1.0, 0.0, n_nodes, dtype=np.float32)
     levels[-len(probs):] = probs
-    return Frame(spec, action, probs.astype(np.float32), levels, screen, q)
+    return Frame(spec, action, probs.astype(np.float32), levels, screen, q, *_history(len(names)))
 
 
 def _texts(renderer: FrameRenderer, f: Frame) -> dict[str, str]:
@@ -124,6 +142,7 @@ def _texts(renderer: FrameRenderer, f: Frame) -> dict[str, str]:
         "lives": f"Lives:     {5:>12d}",
         "value": f"{'Max Q:' if q_based else 'Value Est:':<11}{0.123:>12.3f}",
         "action": f"Action:    {names[f.action]:>12}",
+        "score_head": f"Reward, last {HISTORY_SCORES} frames, max 12",
     }
     row = f.q_values if q_based else f.probs
     for a, name in enumerate(names):
@@ -137,7 +156,9 @@ def draw(renderer: FrameRenderer, frames: list[Frame], yuv: bool = False, tile0:
     spec = frames[0].spec
     layout = renderer.layout(spec)
     values = np.concatenate([
-        layout.values(np.array([f.action]), f.probs[None], f.levels[None], _edges(renderer, spec)[None])
+        layout.values(np.array([f.action]), f.probs[None], f.levels[None], _edges(renderer, spec)[None],
+                      None if f.hist_actions is None else f.hist_actions[None],
+                      None if f.hist_scores is None else f.hist_scores[None])
         for f in frames])
     base = layout.static_chars(spec)
     chars = np.stack([layout.frame_chars(base, _texts(renderer, f)) for f in frames])
@@ -233,6 +254,27 @@ def test_bar_length_is_the_probability(renderer, ppo_layers, breakout_screen):
             color = _rgb255(YELLOW if k == base.action else BAR)
             filled = int(np.all(np.abs(line - color) <= 2, axis=1).sum())
             assert abs(filled - p[k] * bw) <= 1, f"row {k}: {filled} bar pixels for p={p[k]} of {bw:.0f}"
+
+
+def test_history_strip_and_reward_graph(renderer, ppo_layers, breakout_screen):
+    f = ppo_frame(renderer, ppo_layers, breakout_screen)
+    rects = _rects(renderer, f.spec)
+    layout = renderer.layout(f.spec)
+    cells = sorted((g for g, _, _, bind in rects if bind[3] == MODE_PALETTE), key=lambda g: g[0])
+    bars = sorted((g for g, _, _, bind in rects if bind[3] == MODE_HEIGHT), key=lambda g: g[0])
+    assert len(cells) == HISTORY_ACTIONS and len(bars) == HISTORY_SCORES
+    assert all(g[0] + g[2] <= PANEL_W for g in cells + bars)
+    img = draw(renderer, [f])[0]
+    for i, (x, y, w, h) in enumerate(cells):  # oldest left, newest right
+        got = img[int(y + h / 2), int(x + w / 2)].astype(float)
+        a = int(f.hist_actions[i])
+        want = _rgb255(BACKGROUND) if a < 0 else _rgb255(PALETTE[a])
+        np.testing.assert_allclose(got, want, atol=2, err_msg=f"history cell {i} (action {a})")
+    for i, (x, y, w, h) in enumerate(bars):  # bottom-anchored, height = scaled reward
+        column = img[int(y) : int(y + h), int(x + w / 2)].astype(float)
+        lit = int(np.any(np.abs(column - _rgb255(BACKGROUND)) > 8, axis=1).sum())
+        assert abs(lit - f.hist_scores[i] * h) <= 1, f"reward bar {i}: {lit} px for {f.hist_scores[i]:.2f} x {h}"
+    assert layout.n_values == layout.slot_hist_scores + HISTORY_SCORES
 
 
 def test_game_panel_is_the_screen_scaled_nearest(renderer, ppo_layers):

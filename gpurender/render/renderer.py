@@ -118,7 +118,9 @@ class FrameRenderer:
     # -- drawing --------------------------------------------------------------------------------
 
     def begin(self) -> None:
-        """Start a pass: clear the whole tiled target."""
+        """Start a pass: make the context current on this thread, clear the whole tiled target."""
+        if self._own_ctx:
+            self.ctx.__enter__()  # another context in the process may have been made current
         self.fbo_rgb.use()
         self.fbo_rgb.clear(*BACKGROUND, 1.0)
 
