@@ -151,10 +151,14 @@ def measure(cmd: list[str], log: Path) -> Measured:
 
 
 def source_checkpoints(tmp: Path) -> tuple[list[Path], str]:
-    """The bundled demo milestones, or (if absent) two untrained PPO CnnPolicy Breakout agents."""
-    demo = sorted((ROOT / "gpurender" / "demo").glob("*.zip"))
-    if demo:
-        return demo, f"bundled demo milestones ({', '.join(p.name for p in demo)})"
+    """The bundled demo milestones in training order, or (if absent) an untrained PPO CnnPolicy
+    Breakout agent."""
+    demo = ROOT / "gpurender" / "demo"
+    if any(demo.glob("*.zip")):
+        from gpurender.milestones import find_milestones
+
+        found = [m.path for m in find_milestones([demo])]
+        return found, f"bundled demo milestones ({', '.join(p.name for p in found)})"
     from bench_stages import make_checkpoint
 
     folder = tmp / "untrained"
@@ -163,12 +167,14 @@ def source_checkpoints(tmp: Path) -> tuple[list[Path], str]:
 
 
 def milestone_dir(sources: list[Path], n: int, tmp: Path) -> Path:
-    """A run folder with ``n`` checkpoints named ``pct_<k>.zip``, copies of ``sources`` in turn."""
+    """A run folder with ``n`` checkpoints named ``pct_<k>.zip``: copies of ``sources`` spread
+    evenly over them, the last always the most trained (so 1 milestone = the final agent)."""
     folder = tmp / f"run{n}"
     if not folder.exists():
         folder.mkdir()
         for i in range(n):
-            shutil.copy(sources[i % len(sources)], folder / f"pct_{(i + 1) * 100 // n}.zip")
+            src = sources[((i + 1) * len(sources) - 1) // n]
+            shutil.copy(src, folder / f"pct_{(i + 1) * 100 // n}.zip")
     return folder
 
 
@@ -393,6 +399,7 @@ def plot(runs: list[Run], path: Path, title: str) -> bool:
         mine = sorted((r for r in runs if r.tool == tool and r.ok), key=lambda r: r.milestones)
         if mine:
             ax.plot([r.milestones for r in mine], [r.fps for r in mine], style, label=tool)
+    ax.set_ylim(bottom=0)
     ax.set_xscale("log", base=2)
     xs = sorted({r.milestones for r in runs})
     ax.set_xticks(xs, [str(x) for x in xs])

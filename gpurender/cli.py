@@ -97,7 +97,7 @@ def _print_summary(report) -> None:
         print(f"{report.frames} frames in {report.wall_seconds:.1f} s: {report.fps:.1f} frames/s "
               f"({report.encoder}, {report.renderer}, torch on {report.device})")
     for path, msg in report.failures:
-        print(f"FAILED {path}: {msg}", file=sys.stderr)
+        print(f"gpurender: failed: {msg if str(path) in msg else f'{path}: {msg}'}", file=sys.stderr)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
