@@ -65,6 +65,22 @@ class LayerInfo:
         return str(self.shape[0])
 
 
+@dataclass(frozen=True)
+class AgentInfo:
+    """What the panel needs to know about an agent, without the model (cheap to send between
+    processes)."""
+
+    algo: str
+    n_actions: int
+    learning_rate: float
+    layers: tuple[LayerInfo, ...]
+    edge_weights: tuple[np.ndarray, ...]
+
+    @property
+    def node_counts(self) -> list[int]:
+        return [layer.nodes for layer in self.layers]
+
+
 class AgentOutput(NamedTuple):
     """One forward pass over a batch of observations (tensors on the agent's device)."""
 
@@ -162,7 +178,8 @@ class Agent:
             with _no_weight_init():
                 self.model = cls.load(self.path, device=self.device)
         except Exception as exc:  # SB3 raises many types for a bad archive
-            raise GpurenderError(f"{self.path}: cannot load as an SB3 {self.algo} model ({type(exc).__name__}: {exc})") from None
+            reason = f"{type(exc).__name__}: {exc}"
+            raise GpurenderError(f"{self.path}: cannot load as an SB3 {self.algo} model ({reason})") from None
         self.policy = self.model.policy.eval()
         self._check_spaces()
         self.n_actions = int(self.model.action_space.n)
@@ -247,6 +264,10 @@ class Agent:
     @property
     def node_counts(self) -> list[int]:
         return [layer.nodes for layer in self.layers]
+
+    @property
+    def info(self) -> AgentInfo:
+        return AgentInfo(self.algo, self.n_actions, self.learning_rate, tuple(self.layers), tuple(self.edge_weights))
 
     # -- inference -----------------------------------------------------------------------------
 

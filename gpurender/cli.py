@@ -13,13 +13,16 @@ from gpurender.errors import GpurenderError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-dir", nargs="+", metavar="PATH", help="run folder(s), milestones/ folder(s) or checkpoint .zip files")
-    p.add_argument("--config", type=Path, help="the original tool's conf/config.yaml (game, algo, fps, clip length, milestones)")
+    p.add_argument("--model-dir", nargs="+", metavar="PATH",
+                   help="run folder(s), milestones/ folder(s) or checkpoint .zip files")
+    p.add_argument("--config", type=Path,
+                   help="the original tool's conf/config.yaml (game, algo, fps, clip length, milestones)")
     p.add_argument("--game", help="Atari game the agents play (default Breakout)")
     p.add_argument("--seed", type=int, help="env e of each milestone uses seed+e (default 0)")
     p.add_argument("--device", help="torch device: auto (default), cpu, cuda, cuda:1")
     p.add_argument("--backend", choices=("envpool", "gym"), help="Atari backend (default envpool)")
-    p.add_argument("--stochastic", action="store_true", default=None, help="sample actions instead of the most likely one")
+    p.add_argument("--stochastic", action="store_true", default=None,
+                   help="sample actions instead of the most likely one")
 
 
 def _render_args(p: argparse.ArgumentParser) -> None:
@@ -38,7 +41,8 @@ def _render_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpurender", description="Analytics videos of trained Atari agents, drawn by shaders.")
+    parser = argparse.ArgumentParser(prog="gpurender",
+                                     description="Analytics videos of trained Atari agents, drawn by shaders.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is chosen and why")
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("render", help="render one video per milestone checkpoint")

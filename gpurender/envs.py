@@ -149,7 +149,7 @@ class Sb3Atari:
         real = ids[self.was_real_done[ids]]
         soft = ids[~self.was_real_done[ids]]
         if soft.size:
-            frames, rew, term, trunc, lives = self.source.step_ids(np.zeros(soft.size, np.int32), soft)
+            frames, rew, term, trunc, _lives = self.source.step_ids(np.zeros(soft.size, np.int32), soft)
             self._frames[soft] = frames
             acc["reward"][soft] += rew
             over = term | trunc

@@ -1,16 +1,20 @@
 """The render loop: checkpoints -> batched Atari + batched inference -> shader-drawn frames ->
-H.264. Stages overlap: a simulation thread steps the envs and runs the models for step t+1 while
-the main thread (which owns the GL context) draws step t and encoder threads compress step t-1."""
+H.264. Stages overlap: a simulation *process* steps the envs and runs the models for step t+1
+while the main process (which owns the GL context) draws step t and encoder threads compress
+step t-1. A process, not a thread: ModernGL holds the GIL while the driver renders and reads
+back, which on llvmpipe is most of a frame, and would stall a simulation thread."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import multiprocessing as mp
 import os
 import queue
-import threading
+import signal
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from gpurender.agents import Agent, LevelNormaliser, pick_device
+from gpurender.agents import Agent, AgentInfo, LevelNormaliser, pick_device
 from gpurender.config import RenderConfig
 from gpurender.encode import EncoderThread, EncodeSettings, VideoWriter, choose_encoder
 from gpurender.envs import make_atari
@@ -62,11 +66,22 @@ class RenderReport:
         return self.frames / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
 
+def launch(agent: Agent, normaliser: LevelNormaliser, obs: torch.Tensor) -> torch.Tensor:
+    """One batched forward, left on the agent's device as one packed (n, width) float tensor:
+    action, value, probabilities, [Q-values], node levels. No host synchronisation here."""
+    o = agent.act(obs)
+    parts = [o.actions.float()[:, None], o.value.float()[:, None], o.probs.float()]
+    if o.q_values is not None:
+        parts.append(o.q_values.float())
+    parts.append(normaliser(o.levels).float())
+    return torch.cat(parts, dim=1)
+
+
 class MilestonePanel:
     """One milestone's panel: turns its agent's outputs into the renderer's per-frame arrays."""
 
-    def __init__(self, milestone: Milestone, agent: Agent, game: Game, renderer: FrameRenderer) -> None:
-        self.milestone, self.agent = milestone, agent
+    def __init__(self, milestone: Milestone, agent: Agent | AgentInfo, game: Game, renderer: FrameRenderer) -> None:
+        self.milestone, self.agent = milestone, agent  # an AgentInfo is enough for drawing
         self.names = action_meanings(game)
         self.spec = PanelSpec(game.title, agent.algo, self.names, tuple(agent.layers), milestone.display,
                               milestone.pct is not None, agent.learning_rate)
@@ -98,14 +113,8 @@ class MilestonePanel:
         self._hist_scores = None if other._hist_scores is None else other._hist_scores.copy()
 
     def launch(self, obs: torch.Tensor) -> torch.Tensor:
-        """One batched forward, left on the agent's device as one packed (n, width) float tensor:
-        action, value, probabilities, [Q-values], node levels. No host synchronisation here."""
-        o = self.agent.act(obs)
-        parts = [o.actions.float()[:, None], o.value.float()[:, None], o.probs.float()]
-        if o.q_values is not None:
-            parts.append(o.q_values.float())
-        parts.append(self.normaliser(o.levels).float())
-        return torch.cat(parts, dim=1)
+        """:func:`launch` with this panel's agent (which must be a loaded :class:`Agent`)."""
+        return launch(self.agent, self.normaliser, obs)
 
     def unpack(self, packed: np.ndarray) -> dict[str, np.ndarray | None]:
         """Host arrays of everything the panel shows, from :meth:`launch`'s tensor."""
@@ -141,7 +150,8 @@ class MilestonePanel:
             texts[f"act{a}"] = f"{name:<{self.layout.name_len}} {row[a]:7.3f}"
         return texts
 
-    def pack(self, t: int, n_frames: int, out: dict, scores: np.ndarray, lives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def pack(self, t: int, n_frames: int, out: dict, scores: np.ndarray,
+             lives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """-> (values, chars) for the renderer, one row per env of this milestone."""
         n = len(out["actions"])
         hist_actions, hist_scores, peak = self._remember(out["actions"], scores)
@@ -173,8 +183,8 @@ class _StepData(NamedTuple):
 
     t: int
     screens: np.ndarray
-    outputs: list[dict]
-    """Per slot: ``MilestonePanel.infer`` of its envs."""
+    packed: np.ndarray
+    """(envs, width): every milestone's :func:`launch` output, rows in env order."""
     scores: np.ndarray
     lives: np.ndarray
 
@@ -234,12 +244,7 @@ def render(cfg: RenderConfig, progress: bool = True, on_frame: Callable[[int], N
     _check_output_dir(output_dir)
     codec, _ = choose_encoder(cfg.encoder)
     device = pick_device(cfg.device)
-    if device.type == "cpu":
-        # small batches gain little from intra-op threads, and drawing + encoding need the cores
-        torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 4)))
-    failures: list[tuple[Path, str]] = []
     videos: list[VideoResult] = []
-
     todo: list[Milestone] = []
     for m in milestones:
         paths = [video_path(output_dir, m, e, cfg.envs_per_milestone) for e in range(cfg.envs_per_milestone)]
@@ -247,48 +252,151 @@ def render(cfg: RenderConfig, progress: bool = True, on_frame: Callable[[int], N
             videos += [VideoResult(m, e, p, skipped=True) for e, p in enumerate(paths)]
         else:
             todo.append(m)
-    report = RenderReport(videos, failures, encoder=codec, device=str(device))
-    if not todo:
-        report.wall_seconds = time.perf_counter() - t_start
-        return report
-    loaded = _load_slots(cfg, game, device, todo, failures)
-    if not loaded:
-        report.wall_seconds = time.perf_counter() - t_start
-        return report
-
-    job = _Job(cfg, game, loaded, codec, output_dir)
-    try:
-        job.run(progress, on_frame)
-    finally:
-        job.close()
-    report.videos += job.results
-    report.frames = job.frames_done
-    report.renderer = job.renderer_name
-    report.stage_seconds = job.stage_seconds
+    report = RenderReport(videos, [], encoder=codec, device=str(device))
+    if todo:
+        sim = _SimulationProcess(cfg, game, todo, str(device))
+        try:
+            loaded, report.failures = sim.loaded()
+            if loaded:
+                job = _Job(cfg, game, loaded, codec, output_dir, sim)
+                try:
+                    job.run(progress, on_frame)
+                finally:
+                    job.close()
+                report.videos += job.results
+                report.frames = job.frames_done
+                report.renderer = job.renderer_name
+                report.stage_seconds = job.stage_seconds
+                report.wall_seconds = time.perf_counter() - t_start
+                job.write_sidecars(report)
+        finally:
+            sim.close()
     report.wall_seconds = time.perf_counter() - t_start
-    job.write_sidecars(report)
     return report
 
 
-class _Job:
-    """One batched render of several milestones; owns envs, renderer and encoders."""
+# ---------------------------------------------------------------------------------------------
+# simulation process: envs + inference
 
-    def __init__(self, cfg: RenderConfig, game: Game, loaded: list[tuple[Milestone, Agent]], codec: str,
-                 output_dir: Path) -> None:
-        self.cfg, self.game, self.codec = cfg, game, codec
+
+def _simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], device_name: str,
+              out: mp.Queue, stop: mp.Event) -> None:
+    """Child process: load the agents, report them, then stream one message per step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    try:
+        device = torch.device(device_name)
+        if device.type == "cpu":
+            # small batches gain little from intra-op threads; drawing and encoding need the cores
+            torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 4)))
+        game = resolve_game(game_name)
+        failures: list[tuple[Path, str]] = []
+        loaded = _load_slots(cfg, game, device, milestones, failures)
+        out.put(("loaded", [(m, a.info) for m, a in loaded], failures))
+        if not loaded:
+            return
+        e_per = cfg.envs_per_milestone
+        n_envs = len(loaded) * e_per
+        agents = [a for _, a in loaded]
+        norms = [LevelNormaliser(a.node_counts) for a in agents]
+        env = make_atari(game, [cfg.seed + e for _ in agents for e in range(e_per)], cfg.backend)
+        stages = dict.fromkeys(("infer", "env", "sim_blocked"), 0.0)
+        returns: list[list[float]] = [[] for _ in range(n_envs)]
+        scores = np.zeros(n_envs, np.float64)
+        step = env.reset()
+        for t in range(cfg.frames):
+            if stop.is_set():
+                return
+            t0 = time.perf_counter()
+            obs = torch.from_numpy(step.obs).to(device, non_blocking=True)
+            packed = [launch(a, nrm, obs[i * e_per : (i + 1) * e_per])
+                      for i, (a, nrm) in enumerate(zip(agents, norms, strict=True))]
+            width = max(p.shape[1] for p in packed)
+            host = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in packed]).cpu().numpy()
+            t1 = time.perf_counter()
+            stages["infer"] += t1 - t0
+            out.put(("step", t, step.screens, host, scores.copy(), step.lives))
+            t2 = time.perf_counter()
+            stages["sim_blocked"] += t2 - t1
+            if t + 1 == cfg.frames:
+                break
+            step = env.step(host[:, 0].astype(np.int64))
+            scores += step.rewards
+            for e in np.flatnonzero(step.game_over):
+                returns[e].append(float(scores[e]))
+                scores[e] = 0.0
+            stages["env"] += time.perf_counter() - t2
+        env.close()
+        out.put(("done", returns, scores, stages))
+    except GpurenderError as exc:
+        out.put(("error", str(exc), ""))
+    except BaseException as exc:  # reported by the parent with the child's traceback
+        out.put(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+
+
+class _SimulationProcess:
+    """The parent's handle on :func:`_simulate`."""
+
+    def __init__(self, cfg: RenderConfig, game: Game, milestones: list[Milestone], device: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.queue: mp.Queue = ctx.Queue(maxsize=4)
+        self.stop = ctx.Event()
+        self.proc = ctx.Process(target=_simulate, args=(cfg, game.name, milestones, device, self.queue, self.stop),
+                                name="gpurender-simulate", daemon=True)
+        self.proc.start()
+
+    def get(self) -> tuple:
+        """The next message; raises if the child failed or died."""
+        while True:
+            try:
+                msg = self.queue.get(timeout=1.0)
+            except queue.Empty:
+                if not self.proc.is_alive():
+                    code = self.proc.exitcode
+                    raise RuntimeError(f"the simulation process exited unexpectedly (code {code})") from None
+                continue
+            if msg[0] == "error":
+                if msg[2]:
+                    log.error("simulation process failed:\n%s", msg[2])
+                    raise RuntimeError(msg[1])
+                raise GpurenderError(msg[1])
+            return msg
+
+    def loaded(self) -> tuple[list[tuple[Milestone, AgentInfo]], list[tuple[Path, str]]]:
+        _, loaded, failures = self.get()
+        return loaded, failures
+
+    def close(self) -> None:
+        self.stop.set()
+        while self.proc.is_alive():  # drain so a child blocked on a full queue can see the stop
+            try:
+                self.queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+            except (EOFError, OSError):
+                break
+            self.proc.join(0.05)
+        self.queue.close()
+
+
+class _Job:
+    """One batched render of several milestones; owns the renderer and encoders, draws what the
+    simulation process sends."""
+
+    def __init__(self, cfg: RenderConfig, game: Game, loaded: list[tuple[Milestone, AgentInfo]], codec: str,
+                 output_dir: Path, sim: _SimulationProcess) -> None:
+        self.cfg, self.game, self.codec, self.sim = cfg, game, codec, sim
         e_per = cfg.envs_per_milestone
         self.n_envs = len(loaded) * e_per
         self.frames_done = 0
-        # sim thread: infer, env, sim_blocked (queue full: drawing is slower); main thread: pack,
-        # gl (draw + convert + read back), encode_wait (encoder queues full), draw_starved
+        # simulation process: infer, env, sim_blocked (queue full: drawing is slower); main process:
+        # pack, gl (draw + convert + read back), encode_wait (encoder queues full), draw_starved
         self.stage_seconds = dict.fromkeys(
             ("infer", "env", "sim_blocked", "pack", "gl", "encode_wait", "draw_starved"), 0.0)
         self.renderer = FrameRenderer()
         self.renderer_name = self.renderer.renderer
-        self.slots = [_Slot(MilestonePanel(m, agent, game, self.renderer), list(range(i * e_per, (i + 1) * e_per)))
-                      for i, (m, agent) in enumerate(loaded)]
+        self.slots = [_Slot(MilestonePanel(m, info, game, self.renderer), list(range(i * e_per, (i + 1) * e_per)))
+                      for i, (m, info) in enumerate(loaded)]
         slots = self.slots
-        self.env = make_atari(game, [cfg.seed + e for _ in slots for e in range(e_per)], cfg.backend)
         # frames are drawn grouped by layout so each group is one run of tiles
         keys = {s.panel.spec.layout_key: k for k, s in reversed(list(enumerate(slots)))}
         self.order = sorted(range(len(slots)), key=lambda i: keys[slots[i].panel.spec.layout_key])
@@ -301,52 +409,8 @@ class _Job:
                 self.results.append(VideoResult(s.milestone, k, path))
                 self.encoders[e] = EncoderThread(VideoWriter(path, codec, settings))
         self.returns: list[list[float]] = [[] for _ in range(self.n_envs)]
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
+        self.final_scores = np.zeros(self.n_envs)
         self._finished = False
-
-    # -- simulation thread ----------------------------------------------------------------
-
-    def _infer_all(self, obs: np.ndarray) -> list[dict]:
-        """Every milestone's forward, launched back to back, then one device->host copy."""
-        device = self.slots[0].panel.agent.device
-        obs_t = torch.from_numpy(obs).to(device, non_blocking=True)
-        packed = [s.panel.launch(obs_t[s.envs[0] : s.envs[-1] + 1]) for s in self.slots]
-        width = max(p.shape[1] for p in packed)
-        host = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in packed]).cpu().numpy()
-        return [s.panel.unpack(host[s.envs[0] : s.envs[-1] + 1]) for s in self.slots]
-
-    def _simulate(self, out: queue.Queue) -> None:
-        try:
-            step = self.env.reset()
-            scores = np.zeros(self.n_envs, np.float64)
-            for t in range(self.cfg.frames):
-                if self._stop.is_set():
-                    return
-                t0 = time.perf_counter()
-                outputs = self._infer_all(step.obs)
-                actions = np.concatenate([out["actions"] for out in outputs])
-                data = _StepData(t, step.screens, outputs, scores.copy(), step.lives)
-                t1 = time.perf_counter()
-                self.stage_seconds["infer"] += t1 - t0
-                out.put(data)
-                self.stage_seconds["sim_blocked"] += time.perf_counter() - t1
-                if t + 1 == self.cfg.frames:
-                    break
-                t0 = time.perf_counter()
-                step = self.env.step(actions)
-                scores += step.rewards
-                for e in np.flatnonzero(step.game_over):
-                    self.returns[e].append(float(scores[e]))
-                    scores[e] = 0.0
-                self.stage_seconds["env"] += time.perf_counter() - t0
-            self._final_scores = scores
-        except BaseException as exc:
-            self._error = exc
-        finally:
-            out.put(None)
-
-    # -- main thread: draw + encode ------------------------------------------------------------
 
     def _draw_step(self, d: _StepData) -> None:
         r = self.renderer
@@ -354,7 +418,8 @@ class _Job:
         per_env = []  # (env, panel, values row, chars row) in drawing order
         for i in self.order:
             s = self.slots[i]
-            values, chars = s.panel.pack(d.t, self.cfg.frames, d.outputs[i], d.scores[s.envs], d.lives[s.envs])
+            out = s.panel.unpack(d.packed[s.envs[0] : s.envs[-1] + 1])
+            values, chars = s.panel.pack(d.t, self.cfg.frames, out, d.scores[s.envs], d.lives[s.envs])
             per_env += [(e, s.panel, values[k], chars[k]) for k, e in enumerate(s.envs)]
         self.stage_seconds["pack"] += time.perf_counter() - t0
         for start in range(0, len(per_env), r.max_tiles):
@@ -381,56 +446,37 @@ class _Job:
     def run(self, progress: bool, on_frame: Callable[[int], None] | None) -> None:
         from tqdm import tqdm
 
-        q: queue.Queue = queue.Queue(maxsize=3)
-        sim = threading.Thread(target=self._simulate, args=(q,), name="simulate", daemon=True)
-        sim.start()
         bar = tqdm(total=self.cfg.frames * self.n_envs, unit="frame", disable=not progress,
                    desc=f"{self.game.name} x{len(self.slots)} milestones", dynamic_ncols=True)
-
-        def next_step() -> _StepData | None:
-            while True:  # never wait forever on a producer that died
-                try:
-                    return q.get(timeout=1.0)
-                except queue.Empty:
-                    if not sim.is_alive() and q.empty():
-                        return None
-
         try:
             while True:
                 t0 = time.perf_counter()
-                d = next_step()
+                msg = self.sim.get()
                 self.stage_seconds["draw_starved"] += time.perf_counter() - t0
-                if d is None:
+                if msg[0] == "done":
+                    _, self.returns, self.final_scores, sim_stages = msg
+                    self.stage_seconds.update(sim_stages)
                     break
+                _, t, screens, packed, scores, lives = msg
+                d = _StepData(t, screens, packed, scores, lives)
                 self._draw_step(d)
                 self.frames_done += self.n_envs
                 bar.update(self.n_envs)
                 if on_frame is not None:
-                    on_frame(d.t)
-            if self._error is not None:
-                raise self._error
-            if d is None and self.frames_done < self.cfg.frames * self.n_envs:
-                raise RuntimeError("the simulation thread stopped early")
+                    on_frame(t)
             for enc in self.encoders.values():
                 enc.finish()
             self._finished = True
         finally:
             bar.close()
-            self._stop.set()
-            while sim.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    sim.join(0.05)
 
     def write_sidecars(self, report: RenderReport) -> None:
         if not self._finished:
             return
-        final = getattr(self, "_final_scores", np.zeros(self.n_envs))
         for res in self.results:
             s = next(s for s in self.slots if s.milestone == res.milestone)
             e = s.envs[res.env_index]
-            agent = s.panel.agent
+            info = s.panel.agent
             res.frames = self.cfg.frames
             res.episode_returns = list(self.returns[e])
             meta = {
@@ -439,12 +485,12 @@ class _Job:
                 "checkpoint_sha256": sha256(s.milestone.path),
                 "milestone": s.milestone.label,
                 "game": self.game.name,
-                "algorithm": agent.algo,
+                "algorithm": info.algo,
                 "seed": self.cfg.seed + res.env_index,
                 "frames": self.cfg.frames,
                 "fps": self.cfg.fps,
                 "episode_returns": res.episode_returns,
-                "unfinished_episode_score": float(final[e]),
+                "unfinished_episode_score": float(self.final_scores[e]),
                 "render_fps": round(report.fps, 1),
                 "encoder": self.codec,
                 "renderer": self.renderer_name,
@@ -459,4 +505,3 @@ class _Job:
             for enc in self.encoders.values():
                 enc.abort()
         self.renderer.close()
-        self.env.close()

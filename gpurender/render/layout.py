@@ -15,6 +15,7 @@ import numpy as np
 
 from gpurender.agents import LayerInfo
 from gpurender.render.atlas import GlyphAtlas
+import itertools
 
 FRAME_W, FRAME_H = 960, 540
 PANEL_W = 480
@@ -180,7 +181,7 @@ class PanelLayout:
         name_len = max(len(n) for n in spec.action_names)
         bar_x = 228 + (name_len + 8) * f.cell_w + 4
         bar_w = PANEL_W - 12 - bar_x
-        for k, action in enumerate(spec.action_names):
+        for k, _action in enumerate(spec.action_names):
             y = top + k * row_h
             match = (-1, SLOT_ACTION, k, 0)
             r.add((224, y, PANEL_W - 232, row_h - 1), NONE, HILITE, match)
@@ -236,8 +237,8 @@ class PanelLayout:
             self._text(f"lshape{col}", x - len(shape) * tiny.cell_w / 2, 512, "tiny", len(shape), DIM, static=shape)
         edge_slot = self.slot_edges
         level0 = self.slot_levels
-        for src_col, dst_col in zip(centers[:-1], centers[1:], strict=True):
-            for d, (x1, y1, r1) in enumerate(dst_col):
+        for src_col, dst_col in itertools.pairwise(centers):
+            for _d, (x1, y1, r1) in enumerate(dst_col):
                 for s, (x0, y0, r0) in enumerate(src_col):
                     # edge strength = group weight (value slot) x source level (value slot)
                     self.edges.add((x0 + r0, y0, x1 - r1, y1), (*EDGE_COLOR, 1.0), NONE,

@@ -69,7 +69,7 @@ class FrameRenderer:
         fonts = [(f.origin_y, f.cell_w, f.cell_h, 0.0) for f in self.atlas.fonts.values()]
         fonts += [(0.0, 0.0, 0.0, 0.0)] * (8 - len(fonts))
         self.programs["text"]["u_fonts"].value = fonts
-        for name, prog in self.programs.items():
+        for _name, prog in self.programs.items():
             for uniform, unit in (("t_values", UNIT_VALUES), ("t_items", UNIT_ITEMS), ("t_chars", UNIT_CHARS),
                                   ("t_atlas", UNIT_ATLAS), ("t_screens", UNIT_SCREENS), ("t_rgb", UNIT_RGB)):
                 if uniform in prog:
