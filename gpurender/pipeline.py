@@ -425,7 +425,7 @@ class _Job:
         for start in range(0, len(per_env), r.max_tiles):
             chunk = per_env[start : start + r.max_tiles]
             t0 = time.perf_counter()
-            r.begin()
+            r.begin(len(chunk))
             j = 0
             while j < len(chunk):
                 key = chunk[j][1].spec.layout_key

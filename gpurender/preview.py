@@ -433,7 +433,7 @@ class Preview:
         t1 = time.perf_counter()
         values, chars = panel.pack(self.frames, 0, out, self._score, s.lives)
         r = self.renderer
-        r.begin()
+        r.begin(1)
         r.draw(panel.spec, values, chars, s.screens)
         if self._encoder is not None:
             self._encoder.submit(r.read_yuv(1)[0])

@@ -42,6 +42,7 @@ class FrameRenderer:
 
     def __init__(self, ctx: moderngl.Context | None = None, max_tiles: int = 16) -> None:
         self._own_ctx = ctx is None
+        self._current = False  # whether begin() made our own context current (close() undoes it)
         self.ctx = ctx or create_headless_context()
         limit = self.ctx.info["GL_MAX_TEXTURE_SIZE"]
         self.max_tiles = max(1, min(max_tiles, limit // YUV_ROWS))
@@ -117,12 +118,15 @@ class FrameRenderer:
 
     # -- drawing --------------------------------------------------------------------------------
 
-    def begin(self) -> None:
-        """Start a pass: make the context current on this thread, clear the whole tiled target."""
-        if self._own_ctx:
+    def begin(self, n: int | None = None) -> None:
+        """Start a pass of ``n`` frames (all tiles when None): make the context current on this
+        thread and clear those tiles (on llvmpipe clearing all 16 tiles costs more than a frame)."""
+        if self._own_ctx and not self._current:
             self.ctx.__enter__()  # another context in the process may have been made current
+            self._current = True
         self.fbo_rgb.use()
-        self.fbo_rgb.clear(*BACKGROUND, 1.0)
+        rows = FRAME_H * (self.max_tiles if n is None else min(n, self.max_tiles))
+        self.fbo_rgb.clear(*BACKGROUND, 1.0, viewport=(0, 0, FRAME_W, rows))
 
     def draw(self, spec: PanelSpec, values: np.ndarray, chars: np.ndarray, screens: np.ndarray, tile0: int = 0) -> None:
         """Draw ``len(values)`` frames of one layout into tiles ``tile0 ...``."""
@@ -193,6 +197,8 @@ class FrameRenderer:
         for prog in self.programs.values():
             prog.release()
         if self._own_ctx:
+            if self._current:
+                self.ctx.__exit__(None, None, None)  # leave no released context current
             self.ctx.release()
 
     def __enter__(self) -> FrameRenderer:
