@@ -30,6 +30,13 @@ bool item_matched(int frame, vec4 binding) {
 }
 
 #if defined VERTEX_SHADER
+// Instanced item programs draw u_items items for every frame: instance = frame * u_items + item.
+uniform int u_items;
+void instance_frame_item(out int frame, out int item) {
+    frame = gl_InstanceID / u_items;
+    item = gl_InstanceID - frame * u_items;
+}
+
 // Corner of a 4-vertex triangle strip: (0,0) (1,0) (0,1) (1,1).
 vec2 quad_corner() {
     return vec2(float(gl_VertexID & 1), float(gl_VertexID >> 1));

@@ -4,14 +4,13 @@
 #include "common.glsl"
 
 #if defined VERTEX_SHADER
-uniform int u_items;
 uniform float u_half_width;
 out float v_across;
 out vec4 v_color;
 
 void main() {
-    int frame = gl_InstanceID / u_items;
-    int item = gl_InstanceID - frame * u_items;
+    int frame, item;
+    instance_frame_item(frame, item);
     vec4 seg = item_row(item, 0);       // x0, y0, x1, y1
     vec4 binding = item_row(item, 3);   // x: source level slot, y: group weight slot
     float strength = frame_value(frame, int(binding.y)) * clamp(frame_value(frame, int(binding.x)), 0.0, 1.0);

@@ -5,7 +5,6 @@
 #include "common.glsl"
 
 #if defined VERTEX_SHADER
-uniform int u_items;
 uniform float u_glow_extent;    // quad half-size in radii
 out vec2 v_local;               // position in radii from the centre
 out float v_level;
@@ -14,8 +13,8 @@ out vec3 v_color;
 out vec3 v_ring_color;
 
 void main() {
-    int frame = gl_InstanceID / u_items;
-    int item = gl_InstanceID - frame * u_items;
+    int frame, item;
+    instance_frame_item(frame, item);
     vec4 geom = item_row(item, 0);      // cx, cy, radius, level slot
     vec4 binding = item_row(item, 3);   // y/z: action match, w: probability slot or -1
     v_level = clamp(frame_value(frame, int(geom.w)), 0.0, 1.0);

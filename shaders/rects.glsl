@@ -5,13 +5,12 @@
 #include "common.glsl"
 
 #if defined VERTEX_SHADER
-uniform int u_items;
 uniform vec4 u_palette[18];     // one colour per action index
 out vec4 v_color;
 
 void main() {
-    int frame = gl_InstanceID / u_items;
-    int item = gl_InstanceID - frame * u_items;
+    int frame, item;
+    instance_frame_item(frame, item);
     vec4 geom = item_row(item, 0);
     vec4 binding = item_row(item, 3);
     int mode = int(binding.w);

@@ -4,15 +4,14 @@
 #include "common.glsl"
 
 #if defined VERTEX_SHADER
-uniform int u_items;
 uniform usampler2D t_chars;     // (slots, frames) character codes
 uniform vec4 u_fonts[8];        // per font: atlas origin y, cell width, cell height, unused
 out vec2 v_atlas;
 out vec4 v_color;
 
 void main() {
-    int frame = gl_InstanceID / u_items;
-    int item = gl_InstanceID - frame * u_items;
+    int frame, item;
+    instance_frame_item(frame, item);
     uint code = texelFetch(t_chars, ivec2(item, frame), 0).r;
     vec4 geom = item_row(item, 0);  // x, y (top of the line box), font index
     vec4 font = u_fonts[int(geom.z)];
