@@ -88,7 +88,7 @@ class MilestonePanel:
         self.layout = renderer.layout(self.spec)
         self.base_chars = self.layout.static_chars(self.spec)
         self.edge_values = self.layout.edge_values(agent.edge_weights)
-        self.normaliser = LevelNormaliser(agent.node_counts)
+        self._normaliser: LevelNormaliser | None = None  # only where this process runs the agent
         self._hist_actions: np.ndarray | None = None  # (envs, HISTORY_ACTIONS), -1 = empty
         self._hist_scores: np.ndarray | None = None  # (envs, HISTORY_SCORES), NaN = empty
 
@@ -114,7 +114,9 @@ class MilestonePanel:
 
     def launch(self, obs: torch.Tensor) -> torch.Tensor:
         """:func:`launch` with this panel's agent (which must be a loaded :class:`Agent`)."""
-        return launch(self.agent, self.normaliser, obs)
+        if self._normaliser is None:
+            self._normaliser = LevelNormaliser(self.agent.node_counts)
+        return launch(self.agent, self._normaliser, obs)
 
     def unpack(self, packed: np.ndarray) -> dict[str, np.ndarray | None]:
         """Host arrays of everything the panel shows, from :meth:`launch`'s tensor."""
@@ -214,8 +216,10 @@ def _check_output_dir(path: Path) -> None:
         raise GpurenderError(f"output folder {path} is not writable ({exc.strerror or exc})") from None
 
 
-def _load_slots(cfg: RenderConfig, game: Game, device: torch.device, milestones: Sequence[Milestone],
+def load_agents(cfg: RenderConfig, game: Game, device: torch.device, milestones: Sequence[Milestone],
                 failures: list[tuple[Path, str]]) -> list[tuple[Milestone, Agent]]:
+    """Load each milestone's agent and check it fits the game; a bad one is appended to
+    ``failures`` (path, one-line reason) and skipped."""
     n_actions = len(action_meanings(game))
     loaded = []
     for m in milestones:
@@ -290,7 +294,7 @@ def _simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], de
             torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 4)))
         game = resolve_game(game_name)
         failures: list[tuple[Path, str]] = []
-        loaded = _load_slots(cfg, game, device, milestones, failures)
+        loaded = load_agents(cfg, game, device, milestones, failures)
         out.put(("loaded", [(m, a.info) for m, a in loaded], failures))
         if not loaded:
             return
@@ -473,6 +477,7 @@ class _Job:
     def write_sidecars(self, report: RenderReport) -> None:
         if not self._finished:
             return
+        digests = {s.milestone: sha256(s.milestone.path) for s in self.slots}  # once per checkpoint
         for res in self.results:
             s = next(s for s in self.slots if s.milestone == res.milestone)
             e = s.envs[res.env_index]
@@ -482,7 +487,7 @@ class _Job:
             meta = {
                 "video": res.path.name,
                 "checkpoint": str(s.milestone.path.resolve()),
-                "checkpoint_sha256": sha256(s.milestone.path),
+                "checkpoint_sha256": digests[s.milestone],
                 "milestone": s.milestone.label,
                 "game": self.game.name,
                 "algorithm": info.algo,

@@ -59,9 +59,9 @@ from gpurender.envs import AtariStep, make_atari
 from gpurender.errors import GpurenderError
 from gpurender.games import resolve_game
 from gpurender.milestones import find_milestones
-from gpurender.pipeline import MilestonePanel, _load_slots
+from gpurender.pipeline import MilestonePanel, load_agents
 from gpurender.render import FrameRenderer
-from gpurender.render.layout import CYAN, DIM, FRAME_H, FRAME_W, WHITE, YELLOW, _Items
+from gpurender.render.layout import CYAN, DIM, FRAME_H, FRAME_W, WHITE, YELLOW, Items
 from gpurender.render.renderer import UNIT_ATLAS, UNIT_CHARS, UNIT_ITEMS
 from gpurender.render.shaders import load_program
 
@@ -194,7 +194,7 @@ class _HelpOverlay:
         box_w = self.width * body.cell_w + 2 * self.PAD
         box_h = len(lines) * line_h + 2 * self.PAD
         x0, y0 = (FRAME_W - box_w) // 2, (FRAME_H - box_h) // 2
-        rects, glyphs = _Items(), _Items()
+        rects, glyphs = Items(), Items()
         rects.add((x0, y0, box_w, box_h), (0.03, 0.035, 0.06, 0.94))
         rects.add((x0, y0, box_w, 1), (0.25, 0.3, 0.45, 1.0))
         rects.add((x0, y0 + box_h - 1, box_w, 1), (0.25, 0.3, 0.45, 1.0))
@@ -206,10 +206,7 @@ class _HelpOverlay:
         self.n_lines = len(lines)
         self.items = {}
         for name, items in (("rects", rects), ("glyphs", glyphs)):
-            data = items.texture_data()
-            tex = ctx.texture((data.shape[1], 4), 4, data.tobytes(), dtype="f4")
-            tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
-            self.items[name] = (tex, data.shape[1])
+            self.items[name] = renderer.items_texture(items)
         self.t_chars = ctx.texture((len(glyphs), 1), 1, dtype="u1", alignment=1)
         self.t_chars.filter = (moderngl.NEAREST, moderngl.NEAREST)
         self.t_out = ctx.texture((FRAME_W, FRAME_H), 4)
@@ -314,7 +311,7 @@ class Preview:
         self.ctx = moderngl.create_context(require=330)
         self.renderer = FrameRenderer(ctx=self.ctx, max_tiles=1)
         failures: list[tuple[Path, str]] = []
-        loaded = _load_slots(cfg, self.game, pick_device(cfg.device), milestones, failures)
+        loaded = load_agents(cfg, self.game, pick_device(cfg.device), milestones, failures)
         if not loaded:
             raise GpurenderError(f"no milestone could be loaded: {failures[0][1]}" if failures
                                  else "no milestone to show")

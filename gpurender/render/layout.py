@@ -94,7 +94,7 @@ def format_lr(lr: float) -> str:
 
 
 @dataclass
-class _Items:
+class Items:
     """Rows of the ``t_items`` texture for one kind of item."""
 
     rows: list[list[float]] = field(default_factory=list)
@@ -136,7 +136,7 @@ class PanelLayout:
         self.slot_hist_actions = self.slot_edges + self.n_edges
         self.slot_hist_scores = self.slot_hist_actions + HISTORY_ACTIONS
         self.n_values = self.slot_hist_scores + HISTORY_SCORES
-        self.rects, self.glyphs, self.nodes, self.edges = _Items(), _Items(), _Items(), _Items()
+        self.rects, self.glyphs, self.nodes, self.edges = Items(), Items(), Items(), Items()
         self.fields: dict[str, _Field] = {}
         self._static_fields: dict[str, str] = {}
         self._build(spec)

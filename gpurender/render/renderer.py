@@ -21,6 +21,7 @@ from gpurender.render.layout import (
     FRAME_W,
     GAME_RECT,
     PALETTE,
+    Items,
     PanelLayout,
     PanelSpec,
 )
@@ -99,12 +100,16 @@ class FrameRenderer:
             layout = PanelLayout(spec, self.atlas)
             items, counts = {}, {}
             for kind in ("rects", "glyphs", "nodes", "edges"):
-                data = getattr(layout, kind).texture_data()
-                tex = self.ctx.texture((data.shape[1], 4), 4, data.tobytes(), dtype="f4")
-                tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
-                items[kind], counts[kind] = tex, data.shape[1]
+                items[kind], counts[kind] = self.items_texture(getattr(layout, kind))
             self._layouts[key] = _LayoutGPU(layout, items, counts)
         return self._layouts[key]
+
+    def items_texture(self, items: Items) -> tuple[moderngl.Texture, int]:
+        """Upload item descriptors as a ``t_items`` texture; -> (texture, item count)."""
+        data = items.texture_data()
+        tex = self.ctx.texture((data.shape[1], 4), 4, data.tobytes(), dtype="f4")
+        tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
+        return tex, data.shape[1]
 
     def _dynamic(self, name: str, width: int, components: int, dtype: str) -> moderngl.Texture:
         tex = self._dyn.get(name)
