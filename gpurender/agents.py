@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
+import io
 import json
 import zipfile
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,11 +19,8 @@ import torch
 from torch import nn
 
 from gpurender.errors import DependencyMissing, GpurenderError
-from gpurender.milestones import check_zip
+from gpurender.network import MAX_ACTIONS, MAX_NODES, AgentInfo, LayerInfo
 
-MAX_NODES = 8
-"""Displayed nodes per hidden layer; each stands for an equal, contiguous group of units."""
-MAX_ACTIONS = 18
 ALGOS = ("PPO", "A2C", "DQN", "QRDQN")
 _ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.ELU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid)
 
@@ -37,48 +36,6 @@ def pick_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise GpurenderError(f"--device {device}: torch sees no CUDA GPU (torch {torch.__version__})")
     return dev
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One column of the network diagram, read from the loaded module."""
-
-    name: str
-    """Input, Conv1, Conv2, Dense1, ..., Output."""
-    kind: str
-    """input | conv | dense | output."""
-    shape: tuple[int, ...]
-    """Output shape of the layer for one observation, e.g. (32, 20, 20) or (512,)."""
-    nodes: int
-    """How many nodes the diagram draws for it."""
-
-    @property
-    def units(self) -> int:
-        return self.shape[0]
-
-    @property
-    def shape_text(self) -> str:
-        if self.kind == "input":
-            return "x".join(map(str, self.shape))
-        if len(self.shape) == 3:
-            return f"{self.shape[0]}@{self.shape[1]}x{self.shape[2]}"
-        return str(self.shape[0])
-
-
-@dataclass(frozen=True)
-class AgentInfo:
-    """What the panel needs to know about an agent, without the model (cheap to send between
-    processes)."""
-
-    algo: str
-    n_actions: int
-    learning_rate: float
-    layers: tuple[LayerInfo, ...]
-    edge_weights: tuple[np.ndarray, ...]
-
-    @property
-    def node_counts(self) -> list[int]:
-        return [layer.nodes for layer in self.layers]
 
 
 class AgentOutput(NamedTuple):
@@ -109,14 +66,27 @@ def _no_weight_init() -> Iterator[None]:
         nn.init.orthogonal_ = original
 
 
-def _read_data(path: Path) -> dict:
-    with zipfile.ZipFile(path) as zf:
-        return json.loads(zf.read("data"))
+def _read_members(path: Path, policy: bool = True) -> tuple[str, bytes]:
+    """-> (``data`` JSON, ``policy.pth`` bytes or b""). zipfile checks each member's CRC as it
+    reads it, so a damaged member fails here with a one-line reason."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if "data" not in names or "policy.pth" not in names:
+                raise GpurenderError(f"{path}: not a Stable-Baselines3 checkpoint (no data/policy.pth inside)")
+            return zf.read("data").decode(), zf.read("policy.pth") if policy else b""
+    except FileNotFoundError:
+        raise GpurenderError(f"{path}: no such checkpoint") from None
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        raise GpurenderError(f"{path}: corrupt checkpoint zip ({exc})") from None
 
 
-def detect_algo(path: Path) -> str:
-    """Which SB3 algorithm saved ``path`` (from the archive's ``data``, without unpickling)."""
-    data = _read_data(path)
+def read_checkpoint(path: Path) -> tuple[str, bytes]:
+    """The two members an :class:`Agent` needs (``data``, ``policy.pth``), decompressed."""
+    return _read_members(Path(path))
+
+
+def _algo_of(data: dict, path: Path) -> str:
     serial = data.get("policy_class", {})
     blob = base64.b64decode(serial.get(":serialized:", "")) if isinstance(serial, dict) else b""
     if b"qrdqn" in blob:
@@ -128,6 +98,21 @@ def detect_algo(path: Path) -> str:
     if "n_steps" in data:
         return "A2C"
     raise GpurenderError(f"{path}: unsupported algorithm (gpurender renders PPO, A2C, DQN, QR-DQN)")
+
+
+def _parse_data(raw: str, path: Path) -> dict:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise GpurenderError(f"{path}: not a Stable-Baselines3 checkpoint (its data is not JSON)") from None
+    if not isinstance(data, dict):
+        raise GpurenderError(f"{path}: not a Stable-Baselines3 checkpoint (its data is not a JSON object)")
+    return data
+
+
+def detect_algo(path: Path) -> str:
+    """Which SB3 algorithm saved ``path`` (from the archive's ``data``, without unpickling)."""
+    return _algo_of(_parse_data(_read_members(Path(path), policy=False)[0], path), path)
 
 
 def _algo_class(algo: str):
@@ -164,34 +149,83 @@ def _group_matrix(w: np.ndarray, out_nodes: int, in_nodes: int) -> np.ndarray:
     return (0.15 + 0.85 * rel).astype(np.float32)
 
 
+class _NoOptimizer:
+    """Stands in for the policy's optimizer: rendering never trains, and constructing a torch
+    optimizer imports ``torch._dynamo`` (about 3 s of start-up on a small CPU)."""
+
+    def __init__(self, params: object, lr: object = None, **kwargs: object) -> None:
+        del params, lr, kwargs
+
+
+def load_policy(path: Path, algo: str, raw_data: str, raw_policy: bytes,
+                device: torch.device) -> tuple[nn.Module, dict]:
+    """The checkpoint's policy network with its saved weights, and its ``data`` (spaces,
+    learning rate, ...), built the way ``<Algo>.load`` builds them but without the optimizer and
+    its saved state, which rendering does not need (only ``data`` and ``policy.pth`` are read)."""
+    from stable_baselines3.common.save_util import json_to_data
+    from stable_baselines3.common.vec_env.patch_gym import _convert_space
+
+    data = json_to_data(raw_data)
+    for key in ("observation_space", "action_space", "policy_class"):
+        if key not in data:
+            raise GpurenderError(f"{path}: not a Stable-Baselines3 checkpoint (no {key} in its data)")
+    obs_space, act_space = _convert_space(data["observation_space"]), _convert_space(data["action_space"])
+    kwargs = dict(data.get("policy_kwargs") or {})
+    kwargs.pop("device", None)
+    if isinstance(kwargs.get("net_arch"), list) and kwargs["net_arch"] and isinstance(kwargs["net_arch"][0], dict):
+        kwargs["net_arch"] = kwargs["net_arch"][0]  # SB3 < 1.8 layout, as BaseAlgorithm.load converts it
+    kwargs["optimizer_class"] = _NoOptimizer
+    kwargs.pop("optimizer_kwargs", None)
+    if algo in ("PPO", "A2C"):
+        kwargs["use_sde"] = bool(data.get("use_sde", False))
+    lr = data.get("learning_rate", 0.0)
+    data["learning_rate_now"] = float(lr(1.0) if callable(lr) else lr)
+    with _no_weight_init():
+        policy = data["policy_class"](obs_space, act_space, lambda _: data["learning_rate_now"], **kwargs)
+    state = torch.load(io.BytesIO(raw_policy), map_location=device, weights_only=True)
+    policy.load_state_dict(state)  # strict: every saved tensor has its place and vice versa
+    data["observation_space"], data["action_space"] = obs_space, act_space
+    return policy.to(device).eval(), data
+
+
 class Agent:
     """An SB3 Atari agent ready for batched, instrumented inference."""
 
-    def __init__(self, path: str | Path, device: str | torch.device = "auto", stochastic: bool = False) -> None:
+    def __init__(self, path: str | Path, device: str | torch.device = "auto", stochastic: bool = False,
+                 members: tuple[str, bytes] | None = None) -> None:
+        """``members``: :func:`read_checkpoint`'s result when the caller already read the archive."""
         self.path = Path(path)
-        check_zip(self.path)
-        self.algo = detect_algo(self.path)
+        raw_data, raw_policy = members if members is not None else _read_members(self.path)
+        self.algo = _algo_of(_parse_data(raw_data, self.path), self.path)
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.stochastic = stochastic
-        cls = _algo_class(self.algo)
+        _algo_class(self.algo)  # a clear error if QR-DQN's package is missing
         try:
-            with _no_weight_init():
-                self.model = cls.load(self.path, device=self.device)
-        except Exception as exc:  # SB3 raises many types for a bad archive
+            self.policy, data = load_policy(self.path, self.algo, raw_data, raw_policy, self.device)
+        except GpurenderError:
+            raise
+        except Exception as exc:  # SB3 and torch raise many types for a bad archive
             reason = f"{type(exc).__name__}: {exc}"
             raise GpurenderError(f"{self.path}: cannot load as an SB3 {self.algo} model ({reason})") from None
-        self.policy = self.model.policy.eval()
+        self.observation_space, self.action_space = data["observation_space"], data["action_space"]
         self._check_spaces()
-        self.n_actions = int(self.model.action_space.n)
-        lr = self.model.lr_schedule(1.0)
-        self.learning_rate = float(lr)
-        self.num_timesteps = int(self.model.num_timesteps)
+        self.n_actions = int(self.action_space.n)
+        self.learning_rate = data["learning_rate_now"]
+        self.num_timesteps = int(data.get("num_timesteps", 0))
+        self.exploration_rate = float(data.get("exploration_rate", 0.0))
         self._build_taps()
+
+    @functools.cached_property
+    def model(self):
+        """The whole SB3 model as ``<Algo>.load`` gives it (optimizer included): for
+        ``evaluate_policy`` and for checking :meth:`act` against SB3 itself. Not used to render."""
+        with _no_weight_init():
+            return _algo_class(self.algo).load(self.path, device=self.device)
 
     def _check_spaces(self) -> None:
         from gymnasium import spaces
 
-        obs, act = self.model.observation_space, self.model.action_space
+        obs, act = self.observation_space, self.action_space
         if not isinstance(obs, spaces.Box) or obs.dtype != np.uint8 or tuple(obs.shape) != (4, 84, 84):
             raise GpurenderError(
                 f"{self.path}: not an Atari image agent (observation space {obs}, expected 4x84x84 uint8 "
@@ -272,7 +306,7 @@ class Agent:
     # -- inference -----------------------------------------------------------------------------
 
     def _forward_raw(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """-> probs, q_values, value: exactly the ops of SB3's own methods."""
+        """-> probs, q_values, value: the ops of SB3's own methods (equal within float rounding)."""
         p = self.policy
         if self.algo in ("PPO", "A2C"):
             features = p.extract_features(obs)
@@ -281,8 +315,9 @@ class Agent:
             else:
                 latent_pi = p.mlp_extractor.forward_actor(features[0])
                 latent_vf = p.mlp_extractor.forward_critic(features[1])
-            dist = p._get_action_dist_from_latent(latent_pi)
-            return dist.distribution.probs, None, p.value_net(latent_vf).flatten()
+            # SB3's CategoricalDistribution is Categorical(logits=action_net(latent)); its probs
+            # are the softmax of those logits (without building and validating a distribution)
+            return torch.softmax(p.action_net(latent_pi), dim=1), None, p.value_net(latent_vf).flatten()
         if self.algo == "QRDQN":
             q = p.quantile_net(obs).mean(dim=1)
         else:
@@ -301,7 +336,7 @@ class Agent:
         else:  # DQN's own exploration: epsilon-greedy at the checkpoint's exploration rate
             greedy = q.argmax(dim=1)
             rand = torch.randint(0, self.n_actions, greedy.shape, device=self.device)
-            explore = torch.rand(greedy.shape, device=self.device) < float(self.model.exploration_rate)
+            explore = torch.rand(greedy.shape, device=self.device) < self.exploration_rate
             actions = torch.where(explore, rand, greedy)
         levels = self._node_means(obs_t, probs)
         return AgentOutput(actions, probs, q, value, levels)
@@ -317,7 +352,11 @@ class Agent:
         for layer, act, signed in zip(self.layers[1:-1], self._taps, self._signed, strict=True):
             a = act.abs() if signed else act
             per_unit = a.flatten(2).mean(dim=2) if a.dim() > 2 else a
-            cols.append(torch.stack([g.mean(dim=1) for g in per_unit.tensor_split(layer.nodes, dim=1)], dim=1))
+            units = per_unit.shape[1]
+            if units % layer.nodes == 0:  # equal groups: one reshape, one mean
+                cols.append(per_unit.view(per_unit.shape[0], layer.nodes, units // layer.nodes).mean(dim=2))
+            else:
+                cols.append(torch.stack([g.mean(dim=1) for g in per_unit.tensor_split(layer.nodes, dim=1)], dim=1))
         cols.append(probs)
         return torch.cat(cols, dim=1)
 
@@ -332,14 +371,16 @@ class LevelNormaliser:
 
     def __init__(self, node_counts: list[int]) -> None:
         self.bounds = np.cumsum([0, *node_counts])
+        self.n_scaled = int(self.bounds[-2])  # every node but the output layer's
+        self.layer_of_node = torch.as_tensor(np.repeat(np.arange(len(node_counts) - 1), node_counts[:-1]))
         self.running = torch.zeros(len(node_counts) - 1)
 
     def __call__(self, levels: torch.Tensor) -> torch.Tensor:
-        out = levels.clone()
         if self.running.device != levels.device:
             self.running = self.running.to(levels.device)
-        for i in range(len(self.bounds) - 2):
-            lo, hi = self.bounds[i], self.bounds[i + 1]
-            self.running[i] = torch.maximum(self.running[i], levels[:, lo:hi].max())
-            out[:, lo:hi] = levels[:, lo:hi] / self.running[i].clamp_min(1e-6)
+            self.layer_of_node = self.layer_of_node.to(levels.device)
+        scaled = levels[:, : self.n_scaled]
+        node_max = scaled.amax(dim=0)
+        self.running = self.running.scatter_reduce(0, self.layer_of_node, node_max, "amax")
+        out = torch.cat([scaled / self.running.clamp_min(1e-6)[self.layer_of_node], levels[:, self.n_scaled :]], dim=1)
         return out.clamp_(0.0, 1.0)

@@ -203,12 +203,37 @@ class Sb3Atari:
 # Sources
 
 
+def _import_envpool():
+    """``import envpool`` with only its Atari family registered.
+
+    ``envpool/__init__`` imports ``envpool.entry``, which registers every env family EnvPool
+    ships and so imports matplotlib, jumanji renderers and more: ~1.7 s of a render's start-up on
+    a small CPU, for envs gpurender never makes. If nothing imported EnvPool yet, the entry
+    module is held out while the package loads and the Atari registration is imported on its
+    own; a later ``import envpool.entry`` (someone else's code) still registers the rest."""
+    import sys
+    import types
+
+    if "envpool" not in sys.modules:
+        sys.modules["envpool.entry"] = types.ModuleType("envpool.entry")
+        try:
+            import envpool
+        finally:
+            del sys.modules["envpool.entry"]
+            if hasattr(sys.modules.get("envpool"), "entry"):
+                del sys.modules["envpool"].entry
+    import envpool
+    import envpool.atari.registration
+
+    return envpool
+
+
 class EnvPoolSource:
     """EnvPool at ``MaxAndSkipEnv`` level: max-pooled RGB, unclipped rewards, real game over."""
 
     def __init__(self, game: Game, seeds: Sequence[int], noop_max: int = 30, num_threads: int = 0) -> None:
         try:
-            import envpool
+            envpool = _import_envpool()
         except ImportError:
             raise DependencyMissing("envpool", why="the fast Atari backend needs it; or use --backend gym") from None
         self.num_envs = len(seeds)

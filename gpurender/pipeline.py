@@ -18,20 +18,24 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 
-from gpurender.agents import Agent, AgentInfo, LevelNormaliser, pick_device
 from gpurender.config import RenderConfig
 from gpurender.encode import EncoderThread, EncodeSettings, VideoWriter, choose_encoder
 from gpurender.envs import make_atari
 from gpurender.errors import GpurenderError
 from gpurender.games import Game, action_meanings, resolve_game
 from gpurender.milestones import Milestone, find_milestones
+from gpurender.network import AgentInfo
 from gpurender.render import FrameRenderer, PanelSpec
 from gpurender.render.layout import HISTORY_ACTIONS, HISTORY_SCORES
+
+if TYPE_CHECKING:  # the drawing process never imports torch: only the simulation process does
+    import torch
+
+    from gpurender.agents import Agent, LevelNormaliser
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,8 @@ class RenderReport:
 def launch(agent: Agent, normaliser: LevelNormaliser, obs: torch.Tensor) -> torch.Tensor:
     """One batched forward, left on the agent's device as one packed (n, width) float tensor:
     action, value, probabilities, [Q-values], node levels. No host synchronisation here."""
+    import torch
+
     o = agent.act(obs)
     parts = [o.actions.float()[:, None], o.value.float()[:, None], o.probs.float()]
     if o.q_values is not None:
@@ -115,6 +121,8 @@ class MilestonePanel:
     def launch(self, obs: torch.Tensor) -> torch.Tensor:
         """:func:`launch` with this panel's agent (which must be a loaded :class:`Agent`)."""
         if self._normaliser is None:
+            from gpurender.agents import LevelNormaliser
+
             self._normaliser = LevelNormaliser(self.agent.node_counts)
         return launch(self.agent, self._normaliser, obs)
 
@@ -133,6 +141,8 @@ class MilestonePanel:
 
     def infer(self, obs: np.ndarray | torch.Tensor) -> dict[str, np.ndarray | None]:
         """:meth:`launch` + :meth:`unpack` for one milestone on its own."""
+        import torch
+
         return self.unpack(self.launch(torch.as_tensor(obs, device=self.agent.device)).cpu().numpy())
 
     def texts(self, t: int, n_frames: int, out: dict, k: int, score: float, lives: int) -> dict[str, str]:
@@ -219,23 +229,30 @@ def _check_output_dir(path: Path) -> None:
 def load_agents(cfg: RenderConfig, game: Game, device: torch.device, milestones: Sequence[Milestone],
                 failures: list[tuple[Path, str]]) -> list[tuple[Milestone, Agent]]:
     """Load each milestone's agent and check it fits the game; a bad one is appended to
-    ``failures`` (path, one-line reason) and skipped."""
+    ``failures`` (path, one-line reason) and skipped. The archives are read and decompressed on
+    a thread per core (zlib and lzma release the GIL), the networks built one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpurender.agents import Agent, read_checkpoint
+
     n_actions = len(action_meanings(game))
-    loaded = []
-    for m in milestones:
-        try:
-            agent = Agent(m.path, device=device, stochastic=cfg.stochastic)
-            if agent.n_actions != n_actions:
-                raise GpurenderError(
-                    f"{m.path}: the agent has {agent.n_actions} actions but {game.name} has {n_actions}; "
-                    "pass the game it was trained on with --game"
-                )
-            if cfg.algo and cfg.algo != agent.algo:
-                raise GpurenderError(f"{m.path}: config says {cfg.algo} but the checkpoint is {agent.algo}")
-        except GpurenderError as exc:
-            failures.append((m.path, str(exc)))
-            continue
-        loaded.append((m, agent))
+    with ThreadPoolExecutor(max_workers=max(1, min(len(milestones), os.cpu_count() or 1))) as pool:
+        reads = [pool.submit(read_checkpoint, m.path) for m in milestones]
+        loaded = []
+        for m, read in zip(milestones, reads, strict=True):
+            try:
+                agent = Agent(m.path, device=device, stochastic=cfg.stochastic, members=read.result())
+                if agent.n_actions != n_actions:
+                    raise GpurenderError(
+                        f"{m.path}: the agent has {agent.n_actions} actions but {game.name} has {n_actions}; "
+                        "pass the game it was trained on with --game"
+                    )
+                if cfg.algo and cfg.algo != agent.algo:
+                    raise GpurenderError(f"{m.path}: config says {cfg.algo} but the checkpoint is {agent.algo}")
+            except GpurenderError as exc:
+                failures.append((m.path, str(exc)))
+                continue
+            loaded.append((m, agent))
     return loaded
 
 
@@ -246,8 +263,6 @@ def render(cfg: RenderConfig, progress: bool = True, on_frame: Callable[[int], N
     milestones = find_milestones(cfg.model_dir, cfg.milestones)
     output_dir = Path(cfg.output_dir)
     _check_output_dir(output_dir)
-    codec, _ = choose_encoder(cfg.encoder)
-    device = pick_device(cfg.device)
     videos: list[VideoResult] = []
     todo: list[Milestone] = []
     for m in milestones:
@@ -256,13 +271,22 @@ def render(cfg: RenderConfig, progress: bool = True, on_frame: Callable[[int], N
             videos += [VideoResult(m, e, p, skipped=True) for e, p in enumerate(paths)]
         else:
             todo.append(m)
-    report = RenderReport(videos, [], encoder=codec, device=str(device))
-    if todo:
-        sim = _SimulationProcess(cfg, game, todo, str(device))
+    report = RenderReport(videos, [])
+    if not todo:
+        report.encoder, _ = choose_encoder(cfg.encoder)
+        report.wall_seconds = time.perf_counter() - t_start
+        return report
+    # start the simulation first: it imports torch and loads the checkpoints while this process
+    # opens the GL context and the encoders
+    sim = _SimulationProcess(cfg, game, todo)
+    try:
+        codec, _ = choose_encoder(cfg.encoder)
+        report.encoder = codec
+        renderer = FrameRenderer()
         try:
-            loaded, report.failures = sim.loaded()
+            loaded, report.failures, report.device = sim.loaded()
             if loaded:
-                job = _Job(cfg, game, loaded, codec, output_dir, sim)
+                job = _Job(cfg, game, loaded, codec, output_dir, sim, renderer)
                 try:
                     job.run(progress, on_frame)
                 finally:
@@ -274,7 +298,9 @@ def render(cfg: RenderConfig, progress: bool = True, on_frame: Callable[[int], N
                 report.wall_seconds = time.perf_counter() - t_start
                 job.write_sidecars(report)
         finally:
-            sim.close()
+            renderer.close()
+    finally:
+        sim.close()
     report.wall_seconds = time.perf_counter() - t_start
     return report
 
@@ -283,19 +309,23 @@ def render(cfg: RenderConfig, progress: bool = True, on_frame: Callable[[int], N
 # simulation process: envs + inference
 
 
-def _simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], device_name: str,
-              out: mp.Queue, stop: mp.Event) -> None:
+def _simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], out: mp.Queue,
+              stop: mp.Event) -> None:
     """Child process: load the agents, report them, then stream one message per step."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     try:
-        device = torch.device(device_name)
+        import torch
+
+        from gpurender.agents import LevelNormaliser, pick_device
+
+        device = pick_device(cfg.device)
         if device.type == "cpu":
             # small batches gain little from intra-op threads; drawing and encoding need the cores
             torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 4)))
         game = resolve_game(game_name)
         failures: list[tuple[Path, str]] = []
         loaded = load_agents(cfg, game, device, milestones, failures)
-        out.put(("loaded", [(m, a.info) for m, a in loaded], failures))
+        out.put(("loaded", [(m, a.info) for m, a in loaded], failures, str(device)))
         if not loaded:
             return
         e_per = cfg.envs_per_milestone
@@ -340,11 +370,11 @@ def _simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], de
 class _SimulationProcess:
     """The parent's handle on :func:`_simulate`."""
 
-    def __init__(self, cfg: RenderConfig, game: Game, milestones: list[Milestone], device: str) -> None:
+    def __init__(self, cfg: RenderConfig, game: Game, milestones: list[Milestone]) -> None:
         ctx = mp.get_context("spawn")
         self.queue: mp.Queue = ctx.Queue(maxsize=4)
         self.stop = ctx.Event()
-        self.proc = ctx.Process(target=_simulate, args=(cfg, game.name, milestones, device, self.queue, self.stop),
+        self.proc = ctx.Process(target=_simulate, args=(cfg, game.name, milestones, self.queue, self.stop),
                                 name="gpurender-simulate", daemon=True)
         self.proc.start()
 
@@ -365,9 +395,10 @@ class _SimulationProcess:
                 raise GpurenderError(msg[1])
             return msg
 
-    def loaded(self) -> tuple[list[tuple[Milestone, AgentInfo]], list[tuple[Path, str]]]:
-        _, loaded, failures = self.get()
-        return loaded, failures
+    def loaded(self) -> tuple[list[tuple[Milestone, AgentInfo]], list[tuple[Path, str]], str]:
+        """-> (agents loaded, failures (path, reason), torch device)."""
+        _, loaded, failures, device = self.get()
+        return loaded, failures, device
 
     def close(self) -> None:
         self.stop.set()
@@ -387,7 +418,7 @@ class _Job:
     simulation process sends."""
 
     def __init__(self, cfg: RenderConfig, game: Game, loaded: list[tuple[Milestone, AgentInfo]], codec: str,
-                 output_dir: Path, sim: _SimulationProcess) -> None:
+                 output_dir: Path, sim: _SimulationProcess, renderer: FrameRenderer) -> None:
         self.cfg, self.game, self.codec, self.sim = cfg, game, codec, sim
         e_per = cfg.envs_per_milestone
         self.n_envs = len(loaded) * e_per
@@ -396,7 +427,7 @@ class _Job:
         # pack, gl (draw + convert + read back), encode_wait (encoder queues full), draw_starved
         self.stage_seconds = dict.fromkeys(
             ("infer", "env", "sim_blocked", "pack", "gl", "encode_wait", "draw_starved"), 0.0)
-        self.renderer = FrameRenderer()
+        self.renderer = renderer
         self.renderer_name = self.renderer.renderer
         self.slots = [_Slot(MilestonePanel(m, info, game, self.renderer), list(range(i * e_per, (i + 1) * e_per)))
                       for i, (m, info) in enumerate(loaded)]
@@ -440,11 +471,11 @@ class _Job:
                 r.draw(seg[0][1].spec, np.stack([c[2] for c in seg]), np.stack([c[3] for c in seg]),
                        d.screens[[c[0] for c in seg]], tile0=j)
                 j = end
-            yuv = r.read_yuv(len(chunk))
+            frames = r.read_frames(len(chunk))
             self.stage_seconds["gl"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             for tile, c in enumerate(chunk):
-                self.encoders[c[0]].submit(yuv[tile])
+                self.encoders[c[0]].submit(frames[tile])
             self.stage_seconds["encode_wait"] += time.perf_counter() - t0
 
     def run(self, progress: bool, on_frame: Callable[[int], None] | None) -> None:
@@ -509,4 +540,3 @@ class _Job:
         if not self._finished:
             for enc in self.encoders.values():
                 enc.abort()
-        self.renderer.close()

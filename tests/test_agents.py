@@ -43,8 +43,10 @@ def obs() -> np.ndarray:
 
 
 def _sb3_reference(agent: Agent, obs: np.ndarray) -> dict[str, torch.Tensor]:
-    """What SB3's own policy methods return for ``obs``."""
-    p = agent.policy
+    """What SB3's own policy methods return for ``obs``, on the model ``<Algo>.load`` builds
+    (independent of gpurender's own, optimizer-free loading)."""
+    p = agent.model.policy
+    assert p is not agent.policy
     x = torch.as_tensor(obs)
     with torch.no_grad():
         if agent.algo in ("PPO", "A2C"):

@@ -1,6 +1,7 @@
 """H.264 encoders behind one small interface: libx264 through PyAV on any machine, NVENC
 (PyAV's ``h264_nvenc``) where the GPU has an encoder engine. Frames arrive as I420 planes
-(810 x 960 uint8: Y, then U, then V), straight from the renderer's last pass."""
+(810 x 960 uint8: Y, then U, then V) straight from a GPU's conversion pass, or as RGBA
+(540 x 960 x 4) from a software renderer, converted here on the encoder's own thread."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 from gpurender.errors import GpurenderError
@@ -69,6 +71,30 @@ def choose_encoder(kind: str) -> tuple[str, str]:
     return "libx264", reason
 
 
+# Full-range (JPEG) BT.601 luma/chroma from OpenCV's fixed-point SIMD conversions, mapped to the
+# limited ("tv") range the videos are tagged with: Y 16..235, Cb/Cr 16..240 around 128.
+_Y_LIMITED = np.clip(np.round(16 + np.arange(256) * 219 / 255), 0, 255).astype(np.uint8)
+_C_LIMITED = np.clip(np.round(128 + (np.arange(256) - 128) * 224 / 255), 0, 255).astype(np.uint8)
+
+
+def rgba_to_i420(rgba: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(540, 960, 4) RGBA -> (810, 960) I420 planes, limited-range BT.601, each chroma sample the
+    mean of its 2x2 block: what the GPU's ``yuv420`` pass writes, within +-1 (Y) / +-2 (U, V).
+
+    On a software renderer this is several times cheaper than the shader pass (llvmpipe pays
+    ~10 ns per texture fetch); OpenCV releases the GIL, so encoder threads run it in parallel."""
+    h, w = rgba.shape[:2]
+    if out is None:
+        out = np.empty((h * 3 // 2, w), np.uint8)
+    cv2.LUT(cv2.cvtColor(rgba, cv2.COLOR_RGBA2GRAY), _Y_LIMITED, dst=out[:h])
+    small = cv2.resize(rgba, (w // 2, h // 2), interpolation=cv2.INTER_AREA)  # 2x2 means
+    ycc = cv2.LUT(cv2.cvtColor(cv2.cvtColor(small, cv2.COLOR_RGBA2RGB), cv2.COLOR_RGB2YCrCb), _C_LIMITED)
+    chroma = out[h:].reshape(2, h // 2, w // 2)
+    cv2.extractChannel(ycc, 2, dst=chroma[0])  # Cb = U
+    cv2.extractChannel(ycc, 1, dst=chroma[1])  # Cr = V
+    return out
+
+
 class VideoWriter:
     """One MP4 written under a temporary name and renamed into place by :meth:`close`.
 
@@ -96,7 +122,9 @@ class VideoWriter:
             stream.options = {"preset": "p4", "rc": "vbr", "cq": str(settings.crf)}
         self.stream = stream
 
-    def write(self, yuv: np.ndarray) -> None:
+    def write(self, image: np.ndarray) -> None:
+        """One frame: I420 planes (810, 960) or RGBA (540, 960, 4)."""
+        yuv = rgba_to_i420(image) if image.ndim == 3 else image
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts = self.frames
         self.frames += 1
@@ -144,10 +172,11 @@ class EncoderThread:
             while self.queue.get() is not None:  # drain so the producer never blocks
                 pass
 
-    def submit(self, yuv: np.ndarray) -> None:
+    def submit(self, image: np.ndarray) -> None:
+        """Queue one frame (see :meth:`VideoWriter.write`); blocks while the queue is full."""
         if self.error is not None:
             raise self.error
-        self.queue.put(yuv)
+        self.queue.put(image)
 
     def finish(self) -> None:
         """Flush, finalise and rename into place; re-raises an encoding error."""

@@ -24,3 +24,8 @@ def create_headless_context() -> moderngl.Context:
 def renderer_name(ctx: moderngl.Context) -> str:
     info = ctx.info
     return f"{info.get('GL_RENDERER', '?')} ({info.get('GL_VERSION', '?')})"
+
+
+def is_software(renderer: str) -> bool:
+    """Whether ``renderer`` (:func:`renderer_name`) is one of Mesa's CPU rasterisers."""
+    return any(name in renderer.lower() for name in ("llvmpipe", "softpipe", "swrast"))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gpurender.agents import LayerInfo
+from gpurender.network import LayerInfo
 from gpurender.render.atlas import GlyphAtlas
 import itertools
 
