@@ -33,7 +33,8 @@ def _render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--envs-per-milestone", type=int, help="games per milestone, one video each (default 1)")
     p.add_argument("--encoder", choices=("auto", "nvenc", "x264"), help="H.264 encoder (default auto)")
     p.add_argument("--crf", type=int, help="quality, lower is better (default 23)")
-    p.add_argument("--preset", help="libx264 preset (default veryfast)")
+    p.add_argument("--preset", help="libx264 preset (default ultrafast: at CRF 23 the fastest and the "
+                   "sharpest; veryfast makes files ~3x smaller for ~2x the encoding time)")
     p.add_argument("--force", action="store_true", default=None, help="re-render videos that already exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--stats-json", type=Path, metavar="PATH",

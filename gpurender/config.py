@@ -37,7 +37,7 @@ class RenderConfig:
     """auto | nvenc | x264."""
     crf: int = 23
     """Quality: x264 CRF / NVENC CQ."""
-    preset: str = "veryfast"
+    preset: str = "ultrafast"
     """libx264 preset."""
     backend: str = "envpool"
     """Atari backend: envpool (fast, default) or gym (SB3's own wrappers, reference)."""

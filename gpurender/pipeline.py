@@ -372,7 +372,7 @@ class _SimulationProcess:
 
     def __init__(self, cfg: RenderConfig, game: Game, milestones: list[Milestone]) -> None:
         ctx = mp.get_context("spawn")
-        self.queue: mp.Queue = ctx.Queue(maxsize=4)
+        self.queue: mp.Queue = ctx.Queue(maxsize=32)  # the drawer takes several steps per pass
         self.stop = ctx.Event()
         self.proc = ctx.Process(target=_simulate, args=(cfg, game.name, milestones, self.queue, self.stop),
                                 name="gpurender-simulate", daemon=True)
@@ -433,8 +433,8 @@ class _Job:
                       for i, (m, info) in enumerate(loaded)]
         slots = self.slots
         # frames are drawn grouped by layout so each group is one run of tiles
-        keys = {s.panel.spec.layout_key: k for k, s in reversed(list(enumerate(slots)))}
-        self.order = sorted(range(len(slots)), key=lambda i: keys[slots[i].panel.spec.layout_key])
+        self.layout_rank = {s.panel.spec.layout_key: k for k, s in reversed(list(enumerate(slots)))}
+        self.order = sorted(range(len(slots)), key=lambda i: self.layout_rank[slots[i].panel.spec.layout_key])
         settings = EncodeSettings(fps=cfg.fps, crf=cfg.crf, preset=cfg.preset)
         self.results: list[VideoResult] = []
         self.encoders: dict[int, EncoderThread] = {}
@@ -447,20 +447,26 @@ class _Job:
         self.final_scores = np.zeros(self.n_envs)
         self._finished = False
 
-    def _draw_step(self, d: _StepData) -> None:
+    def _draw_steps(self, steps: list[_StepData]) -> None:
+        """Draw and hand to the encoders every env's frame of ``steps`` (consecutive), as few
+        passes of the renderer's tiles as possible: a pass costs a fixed overhead on llvmpipe."""
         r = self.renderer
         t0 = time.perf_counter()
-        per_env = []  # (env, panel, values row, chars row) in drawing order
-        for i in self.order:
-            s = self.slots[i]
-            out = s.panel.unpack(d.packed[s.envs[0] : s.envs[-1] + 1])
-            values, chars = s.panel.pack(d.t, self.cfg.frames, out, d.scores[s.envs], d.lives[s.envs])
-            per_env += [(e, s.panel, values[k], chars[k]) for k, e in enumerate(s.envs)]
+        per_tile = []  # (env, panel, values row, chars row, screen) in drawing order
+        for d in steps:
+            for i in self.order:
+                s = self.slots[i]
+                out = s.panel.unpack(d.packed[s.envs[0] : s.envs[-1] + 1])
+                values, chars = s.panel.pack(d.t, self.cfg.frames, out, d.scores[s.envs], d.lives[s.envs])
+                per_tile += [(e, s.panel, values[k], chars[k], d.screens[e]) for k, e in enumerate(s.envs)]
+        # tiles of one layout side by side (one draw call per item kind); steps stay in order
+        # within each env, which is all the encoders need
+        per_tile.sort(key=lambda c: self.layout_rank[c[1].spec.layout_key])
         self.stage_seconds["pack"] += time.perf_counter() - t0
-        for start in range(0, len(per_env), r.max_tiles):
-            chunk = per_env[start : start + r.max_tiles]
+        for start in range(0, len(per_tile), r.max_tiles):
+            chunk = per_tile[start : start + r.max_tiles]
             t0 = time.perf_counter()
-            r.begin(len(chunk))
+            r.begin(len(chunk), game=not r.software)
             j = 0
             while j < len(chunk):
                 key = chunk[j][1].spec.layout_key
@@ -469,13 +475,15 @@ class _Job:
                     end += 1
                 seg = chunk[j:end]
                 r.draw(seg[0][1].spec, np.stack([c[2] for c in seg]), np.stack([c[3] for c in seg]),
-                       d.screens[[c[0] for c in seg]], tile0=j)
+                       None if r.software else np.stack([c[4] for c in seg]), tile0=j)
                 j = end
-            frames = r.read_frames(len(chunk))
+            # a GPU converts whole frames to I420; on a software renderer sampling textures is the
+            # costly part, so the encoder threads convert the panel and scale the game in (OpenCV)
+            frames = r.read_panels(len(chunk)) if r.software else r.read_yuv(len(chunk))
             self.stage_seconds["gl"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             for tile, c in enumerate(chunk):
-                self.encoders[c[0]].submit(frames[tile])
+                self.encoders[c[0]].submit((frames[tile], c[4]) if r.software else frames[tile])
             self.stage_seconds["encode_wait"] += time.perf_counter() - t0
 
     def run(self, progress: bool, on_frame: Callable[[int], None] | None) -> None:
@@ -483,6 +491,18 @@ class _Job:
 
         bar = tqdm(total=self.cfg.frames * self.n_envs, unit="frame", disable=not progress,
                    desc=f"{self.game.name} x{len(self.slots)} milestones", dynamic_ncols=True)
+        steps_per_pass = max(1, self.renderer.max_tiles // self.n_envs)
+        pending: list[_StepData] = []
+
+        def flush() -> None:
+            self._draw_steps(pending)
+            for d in pending:
+                self.frames_done += self.n_envs
+                bar.update(self.n_envs)
+                if on_frame is not None:
+                    on_frame(d.t)
+            pending.clear()
+
         try:
             while True:
                 t0 = time.perf_counter()
@@ -493,12 +513,11 @@ class _Job:
                     self.stage_seconds.update(sim_stages)
                     break
                 _, t, screens, packed, scores, lives = msg
-                d = _StepData(t, screens, packed, scores, lives)
-                self._draw_step(d)
-                self.frames_done += self.n_envs
-                bar.update(self.n_envs)
-                if on_frame is not None:
-                    on_frame(t)
+                pending.append(_StepData(t, screens, packed, scores, lives))
+                if len(pending) == steps_per_pass:
+                    flush()
+            if pending:
+                flush()
             for enc in self.encoders.values():
                 enc.finish()
             self._finished = True

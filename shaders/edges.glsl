@@ -21,7 +21,8 @@ void main() {
     v_across = corner.y * 2.0 - 1.0;
     vec4 base = item_row(item, 1);
     v_color = vec4(base.rgb, strength * strength * 0.7);  // squared: weak flow fades out
-    gl_Position = frame_to_clip(p, frame);
+    // an edge whose brightest fragment would be discarded is not rasterised at all
+    gl_Position = v_color.a < 0.004 ? vec4(2.0, 2.0, 2.0, 1.0) : frame_to_clip(p, frame);
 }
 
 #elif defined FRAGMENT_SHADER

@@ -34,7 +34,7 @@ class EncodeSettings:
     """Frames per second of the output."""
     crf: int = 23
     """Constant rate factor (x264) / constant quality (NVENC): lower is better and larger."""
-    preset: str = "veryfast"
+    preset: str = "ultrafast"
     """libx264 preset; NVENC uses its own p4."""
     threads: int = 1
     """Codec threads per video; videos already encode in parallel, one thread each."""
@@ -77,6 +77,23 @@ _Y_LIMITED = np.clip(np.round(16 + np.arange(256) * 219 / 255), 0, 255).astype(n
 _C_LIMITED = np.clip(np.round(128 + (np.arange(256) - 128) * 224 / 255), 0, 255).astype(np.uint8)
 
 
+def _to_i420(image: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+    """RGB(A) ``image`` -> its Y, U, V planes (possibly views into a larger frame's planes)."""
+    rgb = image if image.shape[2] == 3 else cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
+    cv2.LUT(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), _Y_LIMITED, dst=y)
+    h, w = rgb.shape[:2]
+    small = cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA)  # 2x2 means
+    ycc = cv2.LUT(cv2.cvtColor(small, cv2.COLOR_RGB2YCrCb), _C_LIMITED)
+    cv2.extractChannel(ycc, 2, dst=u)  # Cb
+    cv2.extractChannel(ycc, 1, dst=v)  # Cr
+
+
+def _planes(out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    h, w = out.shape[0] * 2 // 3, out.shape[1]
+    chroma = out[h:].reshape(2, h // 2, w // 2)
+    return out[:h], chroma[0], chroma[1]
+
+
 def rgba_to_i420(rgba: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(540, 960, 4) RGBA -> (810, 960) I420 planes, limited-range BT.601, each chroma sample the
     mean of its 2x2 block: what the GPU's ``yuv420`` pass writes, within +-1 (Y) / +-2 (U, V).
@@ -84,14 +101,21 @@ def rgba_to_i420(rgba: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     On a software renderer this is several times cheaper than the shader pass (llvmpipe pays
     ~10 ns per texture fetch); OpenCV releases the GIL, so encoder threads run it in parallel."""
     h, w = rgba.shape[:2]
-    if out is None:
-        out = np.empty((h * 3 // 2, w), np.uint8)
-    cv2.LUT(cv2.cvtColor(rgba, cv2.COLOR_RGBA2GRAY), _Y_LIMITED, dst=out[:h])
-    small = cv2.resize(rgba, (w // 2, h // 2), interpolation=cv2.INTER_AREA)  # 2x2 means
-    ycc = cv2.LUT(cv2.cvtColor(cv2.cvtColor(small, cv2.COLOR_RGBA2RGB), cv2.COLOR_RGB2YCrCb), _C_LIMITED)
-    chroma = out[h:].reshape(2, h // 2, w // 2)
-    cv2.extractChannel(ycc, 2, dst=chroma[0])  # Cb = U
-    cv2.extractChannel(ycc, 1, dst=chroma[1])  # Cr = V
+    out = np.empty((h * 3 // 2, w), np.uint8) if out is None else out
+    _to_i420(rgba, *_planes(out))
+    return out
+
+
+def compose_i420(panel: np.ndarray, screen: np.ndarray) -> np.ndarray:
+    """A frame from its two halves: the drawn panel (540, 480, 4) RGBA on the left and the game
+    screen (210, 160, 3) scaled nearest to 480 x 540 on the right (pixel centres, as the ``game``
+    shader samples it) -> (810, 960) I420, as :func:`rgba_to_i420` of the whole frame."""
+    h, pw = panel.shape[:2]
+    out = np.empty((h * 3 // 2, 2 * pw), np.uint8)
+    y, u, v = _planes(out)
+    _to_i420(panel, y[:, :pw], u[:, : pw // 2], v[:, : pw // 2])
+    game = cv2.resize(screen, (pw, h), interpolation=cv2.INTER_NEAREST_EXACT)
+    _to_i420(game, y[:, pw:], u[:, pw // 2 :], v[:, pw // 2 :])
     return out
 
 
@@ -122,9 +146,13 @@ class VideoWriter:
             stream.options = {"preset": "p4", "rc": "vbr", "cq": str(settings.crf)}
         self.stream = stream
 
-    def write(self, image: np.ndarray) -> None:
-        """One frame: I420 planes (810, 960) or RGBA (540, 960, 4)."""
-        yuv = rgba_to_i420(image) if image.ndim == 3 else image
+    def write(self, image: np.ndarray | tuple[np.ndarray, np.ndarray]) -> None:
+        """One frame: I420 planes (810, 960), RGBA (540, 960, 4), or (panel RGBA, game screen)
+        for :func:`compose_i420`."""
+        if isinstance(image, tuple):
+            yuv = compose_i420(*image)
+        else:
+            yuv = rgba_to_i420(image) if image.ndim == 3 else image
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts = self.frames
         self.frames += 1
@@ -157,7 +185,7 @@ class EncoderThread:
 
     def __init__(self, writer: VideoWriter, depth: int = 8) -> None:
         self.writer = writer
-        self.queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=depth)
+        self.queue: queue.Queue[np.ndarray | tuple | None] = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name=f"encode-{writer.path.stem}", daemon=True)
         self.thread.start()
@@ -172,7 +200,7 @@ class EncoderThread:
             while self.queue.get() is not None:  # drain so the producer never blocks
                 pass
 
-    def submit(self, image: np.ndarray) -> None:
+    def submit(self, image: np.ndarray | tuple[np.ndarray, np.ndarray]) -> None:
         """Queue one frame (see :meth:`VideoWriter.write`); blocks while the queue is full."""
         if self.error is not None:
             raise self.error

@@ -21,6 +21,7 @@ from gpurender.render.layout import (
     FRAME_W,
     GAME_RECT,
     PALETTE,
+    PANEL_W,
     Items,
     PanelLayout,
     PanelSpec,
@@ -50,7 +51,7 @@ class FrameRenderer:
         self.renderer = renderer_name(self.ctx)
         self.software = is_software(self.renderer)
         """Mesa's CPU rasterisers: frames are better read as RGBA and converted by the encoders
-        (:func:`read_frames`)."""
+        (:meth:`read_panels` + :func:`gpurender.encode.compose_i420`)."""
         self.programs = {name: load_program(self.ctx, name)
                          for name in ("game", "rects", "edges", "nodes", "text", "yuv420")}
         self.programs["chroma"] = load_program(self.ctx, "yuv420", ("CHROMA",))
@@ -126,18 +127,22 @@ class FrameRenderer:
 
     # -- drawing --------------------------------------------------------------------------------
 
-    def begin(self, n: int | None = None) -> None:
+    def begin(self, n: int | None = None, game: bool = True) -> None:
         """Start a pass of ``n`` frames (all tiles when None): make the context current on this
-        thread and clear those tiles (on llvmpipe clearing all 16 tiles costs more than a frame)."""
+        thread and clear those tiles (on llvmpipe clearing all 16 tiles costs more than a frame);
+        ``game=False``: only their panel halves (the game half will not be drawn or read)."""
         if self._own_ctx and not self._current:
             self.ctx.__enter__()  # another context in the process may have been made current
             self._current = True
         self.fbo_rgb.use()
         rows = FRAME_H * (self.max_tiles if n is None else min(n, self.max_tiles))
-        self.fbo_rgb.clear(*BACKGROUND, 1.0, viewport=(0, 0, FRAME_W, rows))
+        self.fbo_rgb.clear(*BACKGROUND, 1.0, viewport=(0, 0, FRAME_W if game else PANEL_W, rows))
 
-    def draw(self, spec: PanelSpec, values: np.ndarray, chars: np.ndarray, screens: np.ndarray, tile0: int = 0) -> None:
-        """Draw ``len(values)`` frames of one layout into tiles ``tile0 ...``."""
+    def draw(self, spec: PanelSpec, values: np.ndarray, chars: np.ndarray, screens: np.ndarray | None,
+             tile0: int = 0) -> None:
+        """Draw ``len(values)`` frames of one layout into tiles ``tile0 ...``; ``screens=None``
+        leaves the game half undrawn (on a software renderer the encoders add it:
+        :func:`gpurender.encode.compose_i420`)."""
         n = len(values)
         if tile0 + n > self.max_tiles:
             raise ValueError(f"{tile0 + n} frames exceed the {self.max_tiles} tiles of a pass")
@@ -147,7 +152,8 @@ class FrameRenderer:
         t_values.write(np.ascontiguousarray(values, np.float32).tobytes(), viewport=(0, 0, values.shape[1], n))
         t_chars = self._dynamic("chars", chars.shape[1], 1, "u1")
         t_chars.write(np.ascontiguousarray(chars, np.uint8).tobytes(), viewport=(0, 0, chars.shape[1], n))
-        self.t_screens.write(np.ascontiguousarray(screens, np.uint8).tobytes(), viewport=(0, 0, 0, 160, 210, n))
+        if screens is not None:
+            self.t_screens.write(np.ascontiguousarray(screens, np.uint8).tobytes(), viewport=(0, 0, 0, 160, 210, n))
         t_values.use(UNIT_VALUES)
         t_chars.use(UNIT_CHARS)
         self.t_atlas.use(UNIT_ATLAS)
@@ -158,8 +164,9 @@ class FrameRenderer:
             if "u_tile0" in prog:
                 prog["u_tile0"].value = tile0
         strip = moderngl.TRIANGLE_STRIP
-        ctx.disable(moderngl.BLEND)
-        self.vaos["game"].render(strip, vertices=4, instances=n)
+        if screens is not None:
+            ctx.disable(moderngl.BLEND)
+            self.vaos["game"].render(strip, vertices=4, instances=n)
         ctx.enable(moderngl.BLEND)
         for kind, prog_name, blend in (
             ("rects", "rects", (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA)),
@@ -192,10 +199,10 @@ class FrameRenderer:
         data = self.fbo_rgb.read(viewport=(0, 0, FRAME_W, FRAME_H * n), components=4, alignment=1)
         return np.frombuffer(data, np.uint8).reshape(n, FRAME_H, FRAME_W, 4)
 
-    def read_frames(self, n: int) -> np.ndarray:
-        """Tiles ``0..n-1`` in the form the encoders take fastest on this renderer: I420 planes
-        converted by the GPU, or RGBA for a software renderer (converted on encoder threads)."""
-        return self.read_rgba(n) if self.software else self.read_yuv(n)
+    def read_panels(self, n: int) -> np.ndarray:
+        """The left (analytics) half of tiles ``0..n-1``: (n, 540, 480, 4) uint8 RGBA."""
+        data = self.fbo_rgb.read(viewport=(0, 0, PANEL_W, FRAME_H * n), components=4, alignment=1)
+        return np.frombuffer(data, np.uint8).reshape(n, FRAME_H, PANEL_W, 4)
 
     def read_rgb(self, n: int) -> np.ndarray:
         """Tiles ``0..n-1`` as (n, 540, 960, 3) uint8 RGB, rows top-down."""
