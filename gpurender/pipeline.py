@@ -322,6 +322,9 @@ def _simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], ou
         if device.type == "cpu":
             # small batches gain little from intra-op threads; drawing and encoding need the cores
             torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 4)))
+        import cv2
+
+        cv2.setNumThreads(0)  # frames are warped as one batch; OpenCV's idle pool workers spin
         game = resolve_game(game_name)
         failures: list[tuple[Path, str]] = []
         loaded = load_agents(cfg, game, device, milestones, failures)

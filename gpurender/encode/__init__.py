@@ -72,51 +72,72 @@ def choose_encoder(kind: str) -> tuple[str, str]:
 
 
 # Full-range (JPEG) BT.601 luma/chroma from OpenCV's fixed-point SIMD conversions, mapped to the
-# limited ("tv") range the videos are tagged with: Y 16..235, Cb/Cr 16..240 around 128.
-_Y_LIMITED = np.clip(np.round(16 + np.arange(256) * 219 / 255), 0, 255).astype(np.uint8)
-_C_LIMITED = np.clip(np.round(128 + (np.arange(256) - 128) * 224 / 255), 0, 255).astype(np.uint8)
+# limited ("tv") range the videos are tagged with: Y 16..235, Cb/Cr 16..240 around 128
+# (``convertScaleAbs`` rounds like a lookup table would and is SIMD; cv2.LUT is not).
+_Y_SCALE, _Y_OFFSET = 219 / 255, 16.0
+_C_SCALE, _C_OFFSET = 224 / 255, 128 * (1 - 224 / 255)
 
 
-def _to_i420(image: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
-    """RGB(A) ``image`` -> its Y, U, V planes (possibly views into a larger frame's planes)."""
-    rgb = image if image.shape[2] == 3 else cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
-    cv2.LUT(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), _Y_LIMITED, dst=y)
-    h, w = rgb.shape[:2]
-    small = cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA)  # 2x2 means
-    ycc = cv2.LUT(cv2.cvtColor(small, cv2.COLOR_RGB2YCrCb), _C_LIMITED)
-    cv2.extractChannel(ycc, 2, dst=u)  # Cb
-    cv2.extractChannel(ycc, 1, dst=v)  # Cr
-
-
-def _planes(out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    h, w = out.shape[0] * 2 // 3, out.shape[1]
-    chroma = out[h:].reshape(2, h // 2, w // 2)
-    return out[:h], chroma[0], chroma[1]
-
-
-def rgba_to_i420(rgba: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """(540, 960, 4) RGBA -> (810, 960) I420 planes, limited-range BT.601, each chroma sample the
-    mean of its 2x2 block: what the GPU's ``yuv420`` pass writes, within +-1 (Y) / +-2 (U, V).
+class I420Converter:
+    """RGB(A) frames -> I420 planes with OpenCV, limited-range BT.601, each chroma sample the mean
+    of its 2x2 block: what the GPU's ``yuv420`` pass writes, within +-1 (Y) / +-2 (U, V).
 
     On a software renderer this is several times cheaper than the shader pass (llvmpipe pays
-    ~10 ns per texture fetch); OpenCV releases the GIL, so encoder threads run it in parallel."""
-    h, w = rgba.shape[:2]
-    out = np.empty((h * 3 // 2, w), np.uint8) if out is None else out
-    _to_i420(rgba, *_planes(out))
-    return out
+    ~10 ns per texture fetch); OpenCV releases the GIL, so encoder threads convert in parallel.
+    Every intermediate lives in buffers reused from frame to frame (fresh 100 KB+ arrays cost
+    page faults that doubled the conversion's time). One converter per thread.
+
+    Creating one switches OpenCV's own thread pool off in this process: frames already convert
+    on one thread per video, and the pool's idle workers spin (a quarter of the CPU, measured)."""
+
+    def __init__(self, width: int = WIDTH, height: int = HEIGHT) -> None:
+        cv2.setNumThreads(0)
+        self.out = np.empty((height * 3 // 2, width), np.uint8)
+        h, w = height, width
+        chroma = self.out[h:].reshape(2, h // 2, w // 2)
+        self.y, self.u, self.v = self.out[:h], chroma[0], chroma[1]
+        self._rgb = np.empty((h, w, 3), np.uint8)
+        self._gray = np.empty((h, w), np.uint8)
+        self._small = np.empty((h // 2, w // 2, 3), np.uint8)
+        self._ycc = np.empty((h // 2, w // 2, 3), np.uint8)
+
+    def _convert(self, image: np.ndarray, x0: int) -> None:
+        """RGB(A) ``image`` -> the planes' columns from ``x0`` (even) on."""
+        h, w = image.shape[:2]
+        rgb = image if image.shape[2] == 3 else cv2.cvtColor(image, cv2.COLOR_RGBA2RGB, dst=self._rgb[:h, :w])
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY, dst=self._gray[:h, :w])
+        cv2.convertScaleAbs(gray, dst=self.y[:h, x0 : x0 + w], alpha=_Y_SCALE, beta=_Y_OFFSET)
+        c0, cw = x0 // 2, w // 2
+        small = cv2.resize(rgb, (cw, h // 2), dst=self._small[:, :cw], interpolation=cv2.INTER_AREA)  # 2x2 means
+        ycc = cv2.cvtColor(small, cv2.COLOR_RGB2YCrCb, dst=self._ycc[:, :cw])
+        ycc = cv2.convertScaleAbs(ycc, dst=self._small[:, :cw], alpha=_C_SCALE, beta=_C_OFFSET)
+        cv2.extractChannel(ycc, 2, dst=self.u[:, c0 : c0 + cw])  # Cb
+        cv2.extractChannel(ycc, 1, dst=self.v[:, c0 : c0 + cw])  # Cr
+
+    def rgba(self, rgba: np.ndarray) -> np.ndarray:
+        """A whole (540, 960, 4) RGBA frame -> (810, 960) I420 (valid until the next call)."""
+        self._convert(rgba, 0)
+        return self.out
+
+    def compose(self, panel: np.ndarray, screen: np.ndarray) -> np.ndarray:
+        """A frame from its two halves: the drawn panel (540, 480, 4) RGBA on the left, the game
+        screen (210, 160, 3) scaled nearest to 480 x 540 on the right (pixel centres, as the
+        ``game`` shader samples it) -> (810, 960) I420, as :meth:`rgba` of the whole frame."""
+        h, pw = panel.shape[:2]
+        self._convert(panel, 0)
+        game = cv2.resize(screen, (pw, h), dst=self._rgb[:, pw:], interpolation=cv2.INTER_NEAREST_EXACT)
+        self._convert(game, pw)
+        return self.out
+
+
+def rgba_to_i420(rgba: np.ndarray) -> np.ndarray:
+    """:meth:`I420Converter.rgba` into a new array."""
+    return I420Converter(rgba.shape[1], rgba.shape[0]).rgba(rgba).copy()
 
 
 def compose_i420(panel: np.ndarray, screen: np.ndarray) -> np.ndarray:
-    """A frame from its two halves: the drawn panel (540, 480, 4) RGBA on the left and the game
-    screen (210, 160, 3) scaled nearest to 480 x 540 on the right (pixel centres, as the ``game``
-    shader samples it) -> (810, 960) I420, as :func:`rgba_to_i420` of the whole frame."""
-    h, pw = panel.shape[:2]
-    out = np.empty((h * 3 // 2, 2 * pw), np.uint8)
-    y, u, v = _planes(out)
-    _to_i420(panel, y[:, :pw], u[:, : pw // 2], v[:, : pw // 2])
-    game = cv2.resize(screen, (pw, h), interpolation=cv2.INTER_NEAREST_EXACT)
-    _to_i420(game, y[:, pw:], u[:, pw // 2 :], v[:, pw // 2 :])
-    return out
+    """:meth:`I420Converter.compose` into a new array."""
+    return I420Converter().compose(panel, screen).copy()
 
 
 class VideoWriter:
@@ -128,6 +149,7 @@ class VideoWriter:
 
     def __init__(self, path: Path, codec: str, settings: EncodeSettings) -> None:
         self.path = path
+        self._converter = I420Converter()
         self.partial = path.with_name(f".{path.stem}.partial{path.suffix}")
         self.frames = 0
         try:
@@ -150,9 +172,9 @@ class VideoWriter:
         """One frame: I420 planes (810, 960), RGBA (540, 960, 4), or (panel RGBA, game screen)
         for :func:`compose_i420`."""
         if isinstance(image, tuple):
-            yuv = compose_i420(*image)
+            yuv = self._converter.compose(*image)
         else:
-            yuv = rgba_to_i420(image) if image.ndim == 3 else image
+            yuv = self._converter.rgba(image) if image.ndim == 3 else image
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts = self.frames
         self.frames += 1
