@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from _video import decode
 
-from gpurender.encode import EncoderThread, EncodeSettings, VideoWriter, choose_encoder, nvenc_unavailable_reason
+from gpurender.encode import (
+    EncoderThread,
+    EncodeSettings,
+    I420Converter,
+    VideoWriter,
+    choose_encoder,
+    nvenc_unavailable_reason,
+    rgba_to_i420,
+)
 from gpurender.errors import GpurenderError
 
 W, H = 960, 540
@@ -124,3 +132,51 @@ def test_choose_encoder():
         choose_encoder("nvenc")
     codec, reason = choose_encoder("auto")
     assert codec == "libx264" and reason == nvenc_unavailable_reason()
+
+
+def test_rgba_to_i420_is_limited_range_bt601_with_box_chroma():
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (H, W, 4), dtype=np.uint8)
+    rgba[:100, :200] = (255, 255, 255, 255)  # range ends: white -> Y 235, black -> Y 16, U = V = 128
+    rgba[100:200, :200] = (0, 0, 0, 255)
+    yuv = rgba_to_i420(rgba)
+    assert yuv.shape == (H * 3 // 2, W) and yuv.dtype == np.uint8
+    c = rgba[..., :3].astype(np.float64) / 255
+    want_y = 16 + c @ np.array([65.481, 128.553, 24.966])
+    m = c.reshape(H // 2, 2, W // 2, 2, 3).mean(axis=(1, 3))
+    want_u = 128 + m @ np.array([-37.797, -74.203, 112.0])
+    want_v = 128 + m @ np.array([112.0, -93.786, -18.214])
+    y = yuv[:H]
+    u, v = yuv[H:].reshape(2, H // 2, W // 2)
+    assert np.abs(y - want_y).max() <= 1 and np.abs(u - want_u).max() <= 2 and np.abs(v - want_v).max() <= 2
+    assert (y[:100, :200] == 235).all() and (y[100:200, :200] == 16).all()
+    assert (u[:100, :100] == 128).all() and (v[:100, :100] == 128).all()
+
+
+def test_converter_reuses_its_planes_and_writes_the_game_half():
+    """compose(): panel on the left, the screen scaled nearest (pixel centres) on the right."""
+    conv = I420Converter()
+    panel = np.zeros((H, W // 2, 4), np.uint8)
+    screen = np.zeros((210, 160, 3), np.uint8)
+    screen[:, 80:] = 255  # right half of the screen white
+    out = conv.compose(panel, screen)
+    assert out is conv.out and conv.compose(panel, screen) is out  # no per-frame allocation
+    y = out[:H]
+    assert (y[:, : W // 2] == 16).all()  # black panel
+    xs = np.floor((np.arange(W // 2) + 0.5) * 160 / (W // 2)).astype(int)
+    assert np.array_equal(y[:, W // 2 :] == 235, np.broadcast_to(xs >= 80, (H, W // 2)))
+
+
+def test_writer_takes_rgba_and_panel_plus_screen(tmp_path: Path):
+    """The two software-renderer inputs encode to the frames they describe (lossless)."""
+    out = tmp_path / "clip.mp4"
+    writer = VideoWriter(out, "libx264", LOSSLESS)
+    rng = np.random.default_rng(4)
+    rgba = rng.integers(0, 256, (H, W, 4), dtype=np.uint8)
+    panel, screen = rgba[:, : W // 2].copy(), rng.integers(0, 256, (210, 160, 3), dtype=np.uint8)
+    writer.write(rgba)
+    writer.write((panel, screen))
+    writer.close()
+    got = decode(out).frames
+    assert np.array_equal(got[0], rgba_to_i420(rgba))
+    assert np.array_equal(got[1], I420Converter().compose(panel, screen))

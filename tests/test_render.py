@@ -354,6 +354,38 @@ def test_yuv_planes_are_bt601_of_the_rgb_frame(renderer, ppo_layers, breakout_sc
             assert err.max() <= tol, f"tile {tile} {name}: off by {err.max():.2f} at {worst}"
 
 
+def test_software_path_equals_the_whole_frame(renderer, ppo_layers):
+    """What the pipeline does on llvmpipe (panel half drawn and read as RGBA, the game scaled in and
+    converted by the encoder thread) gives the I420 planes of the frame drawn whole by the shaders."""
+    from gpurender.encode import I420Converter
+
+    screen = np.random.default_rng(5).integers(0, 256, (210, 160, 3), dtype=np.uint8)
+    a = ppo_frame(renderer, ppo_layers, screen)
+    b = a.with_(action=0, screen=screen[::-1].copy())
+    whole = draw(renderer, [a, b])  # GL: panel + game shader
+    spec = a.spec
+    layout = renderer.layout(spec)
+    values = np.concatenate([layout.values(np.array([f.action]), f.probs[None], f.levels[None],
+                                           _edges(renderer, spec)[None], f.hist_actions[None], f.hist_scores[None])
+                             for f in (a, b)])
+    base = layout.static_chars(spec)
+    chars = np.stack([layout.frame_chars(base, _texts(renderer, f)) for f in (a, b)])
+    renderer.begin(2, game=False)
+    renderer.draw(spec, values, chars, None)
+    panels = renderer.read_panels(2)
+    assert panels.shape == (2, FRAME_H, PANEL_W, 4)
+    assert np.array_equal(panels[..., :3], whole[:, :, :PANEL_W]), "the panel half differs from the whole frame's"
+    conv = I420Converter()
+    for tile, f in enumerate((a, b)):
+        planes = conv.compose(panels[tile], f.screen)
+        want_y, want_u, want_v = bt601_i420(whole[tile])
+        for name, got, want, tol in (("Y", conv.y, want_y, 1), ("U", conv.u, want_u, 2), ("V", conv.v, want_v, 2)):
+            err = np.abs(got.astype(np.float64) - want)
+            worst = np.unravel_index(int(err.argmax()), err.shape)
+            assert err.max() <= tol, f"tile {tile} {name}: off by {err.max():.2f} at {worst}"
+        assert planes.shape == (FRAME_H * 3 // 2, FRAME_W)
+
+
 # ---------------------------------------------------------------------------------------------
 # The pipeline through its Python API
 
