@@ -179,14 +179,15 @@ def play_clip(agent: Agent, checkpoint: Path, renderer: FrameRenderer, steps: in
     return PanelFrames(panel, np.stack(values), np.stack(chars), np.stack(screens), outputs)
 
 
-def _draw_passes(r: FrameRenderer, clip: PanelFrames, start: int, batch: int) -> Iterator[int]:
+def _draw_passes(r: FrameRenderer, clip: PanelFrames, start: int, batch: int, game: bool = True) -> Iterator[int]:
     """Draw ``batch`` frames in passes of ``r.max_tiles``; yields each pass's frame count after
-    drawing it (the caller reads back, or not, before the next pass clears the target)."""
+    drawing it (the caller reads back, or not, before the next pass clears the target).
+    ``game=False``: the panel half only, as the pipeline draws on a software renderer."""
     values, chars, screens = clip.take(start, batch)
     for p0 in range(0, batch, r.max_tiles):
         n = min(r.max_tiles, batch - p0)
-        r.begin()
-        r.draw(clip.spec, values[p0 : p0 + n], chars[p0 : p0 + n], screens[p0 : p0 + n])
+        r.begin(n, game=game)
+        r.draw(clip.spec, values[p0 : p0 + n], chars[p0 : p0 + n], screens[p0 : p0 + n] if game else None)
         yield n
 
 
@@ -216,29 +217,40 @@ def bench_pack(clip: PanelFrames, batch: int, target: int) -> Row:
     return row("pack", "python", batch, calls, timed(pack, calls, warmup=2))
 
 
-def bench_draw(r: FrameRenderer, clip: PanelFrames, batch: int, target: int) -> Row:
-    """Clear + six instanced draw calls per pass, finished (``glFinish``) before the next pass."""
+def bench_draw(r: FrameRenderer, clip: PanelFrames, batch: int, target: int, game: bool = True) -> Row:
+    """Clear + the instanced draw calls per pass, finished (``glFinish``) before the next pass;
+    ``game=False``: the panel half only (the pipeline on a software renderer)."""
     start = 0
 
     def draw() -> None:
         nonlocal start
-        for _ in _draw_passes(r, clip, start, batch):
+        for _ in _draw_passes(r, clip, start, batch, game):
             r.ctx.finish()
         start += batch
 
     calls = max(1, target // batch)
-    return row("draw", short_renderer(r.renderer), batch, calls, timed(draw, calls, warmup=2))
+    backend = short_renderer(r.renderer) + ("" if game else " panel")
+    return row("draw", backend, batch, calls, timed(draw, calls, warmup=2))
 
 
 def bench_readback(r: FrameRenderer, clip: PanelFrames, kind: str, batch: int, target: int) -> Row:
     """Only the read is timed: ``yuv`` = GPU I420 pass + 1.5 B/pixel read (what the pipeline does);
-    ``rgb`` = 3 B/pixel read; ``rgb+swscale`` = RGB read then PyAV's RGB->I420 on the CPU (the
-    alternative to the shader pass)."""
+    ``rgb`` = 3 B/pixel read; ``rgb+swscale`` = RGB read then PyAV's RGB->I420 on the CPU;
+    ``panel+opencv`` = the panel half read as RGBA, then OpenCV converts it and scales the game
+    in (what the pipeline does on a software renderer, there on the encoder threads)."""
     import av
+
+    from gpurender.encode import I420Converter
+
+    conv = I420Converter()
+    screens = clip.take(0, r.max_tiles)[2]
 
     def read(n: int) -> None:
         if kind == "yuv":
             r.read_yuv(n)
+        elif kind == "panel+opencv":
+            for i, panel in enumerate(r.read_panels(n)):
+                conv.compose(panel, screens[i % len(screens)])
         elif kind == "rgb":
             r.read_rgb(n)
         else:
@@ -322,7 +334,9 @@ def run_stages(device: torch.device, batches: list[int], quick: bool, report: Ca
             report(bench_pack(clip, b, frame_target))
         for b in batches:
             report(bench_draw(r, clip, b, frame_target))
-        for kind in ("yuv", "rgb", "rgb+swscale"):
+            if r.software:
+                report(bench_draw(r, clip, b, frame_target, game=False))
+        for kind in ("yuv", "rgb", "rgb+swscale", "panel+opencv"):
             for b in batches:
                 report(bench_readback(r, clip, kind, b, frame_target))
         for codec in codecs:

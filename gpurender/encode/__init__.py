@@ -99,17 +99,19 @@ class I420Converter:
         self._rgb = np.empty((h, w, 3), np.uint8)
         self._gray = np.empty((h, w), np.uint8)
         self._small = np.empty((h // 2, w // 2, 3), np.uint8)
+        self._small4 = np.empty((h // 2, w // 2, 4), np.uint8)
         self._ycc = np.empty((h // 2, w // 2, 3), np.uint8)
 
     def _convert(self, image: np.ndarray, x0: int) -> None:
         """RGB(A) ``image`` -> the planes' columns from ``x0`` (even) on."""
         h, w = image.shape[:2]
-        rgb = image if image.shape[2] == 3 else cv2.cvtColor(image, cv2.COLOR_RGBA2RGB, dst=self._rgb[:h, :w])
-        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY, dst=self._gray[:h, :w])
+        rgba = image.shape[2] == 4
+        gray = cv2.cvtColor(image, cv2.COLOR_RGBA2GRAY if rgba else cv2.COLOR_RGB2GRAY, dst=self._gray[:h, :w])
         cv2.convertScaleAbs(gray, dst=self.y[:h, x0 : x0 + w], alpha=_Y_SCALE, beta=_Y_OFFSET)
         c0, cw = x0 // 2, w // 2
-        small = cv2.resize(rgb, (cw, h // 2), dst=self._small[:, :cw], interpolation=cv2.INTER_AREA)  # 2x2 means
-        ycc = cv2.cvtColor(small, cv2.COLOR_RGB2YCrCb, dst=self._ycc[:, :cw])
+        small = cv2.resize(image, (cw, h // 2), interpolation=cv2.INTER_AREA,  # 2x2 means
+                           dst=(self._small4 if rgba else self._small)[:, :cw])
+        ycc = cv2.cvtColor(small, cv2.COLOR_RGB2YCrCb, dst=self._ycc[:, :cw])  # takes RGB or RGBA
         ycc = cv2.convertScaleAbs(ycc, dst=self._small[:, :cw], alpha=_C_SCALE, beta=_C_OFFSET)
         cv2.extractChannel(ycc, 2, dst=self.u[:, c0 : c0 + cw])  # Cb
         cv2.extractChannel(ycc, 1, dst=self.v[:, c0 : c0 + cw])  # Cr
