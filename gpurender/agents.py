@@ -78,7 +78,7 @@ def _read_members(path: Path, policy: bool = True) -> tuple[str, bytes]:
     except FileNotFoundError:
         raise GpurenderError(f"{path}: no such checkpoint") from None
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        raise GpurenderError(f"{path}: corrupt checkpoint zip ({exc})") from None
+        raise GpurenderError(f"{path}: not a readable checkpoint zip, corrupt or truncated ({exc})") from None
 
 
 def read_checkpoint(path: Path) -> tuple[str, bytes]:

@@ -10,8 +10,6 @@ Recognised names (the original tool's and SB3 / rl-zoo's)::
 from __future__ import annotations
 
 import re
-import zipfile
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,17 +148,3 @@ def find_milestones(sources: Sequence[str | Path], select: Iterable[str] | None 
         both = ", ".join(str(m.path) for m in chosen if m.slug == dup)
         raise GpurenderError(f"two checkpoints share the milestone label {dup!r} ({both}); pass only one of them")
     return chosen
-
-
-def check_zip(path: Path) -> None:
-    """Fail with a one-line reason if ``path`` is not a readable SB3 checkpoint archive."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:  # zlib: damaged deflated member
-        raise GpurenderError(f"{path}: not a readable checkpoint zip ({exc})") from None
-    if bad is not None:
-        raise GpurenderError(f"{path}: corrupt checkpoint zip (bad CRC in {bad})")
-    if "data" not in names or "policy.pth" not in names:
-        raise GpurenderError(f"{path}: not a Stable-Baselines3 checkpoint (no data/policy.pth inside)")

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from gpurender.errors import GpurenderError
-from gpurender.milestones import check_zip, find_milestones, parse_checkpoint_name
+from gpurender.agents import read_checkpoint
+from gpurender.milestones import find_milestones, parse_checkpoint_name
 
 
 def _fake_checkpoint(path: Path) -> Path:
-    """A zip with the two members SB3 archives always have (enough for discovery and check_zip)."""
+    """A zip with the two members SB3 archives always have (enough for discovery and read_checkpoint)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("data", "{}")
@@ -146,35 +147,36 @@ def test_duplicate_labels(tmp_path: Path):
     assert [m.label for m in find_milestones([tmp_path / "pct_50.zip"])] == ["50"]
 
 
-def test_check_zip_accepts_sb3_layout(tmp_path: Path):
-    check_zip(_fake_checkpoint(tmp_path / "pct_1.zip"))
+def test_read_checkpoint_accepts_sb3_layout(tmp_path: Path):
+    data, policy = read_checkpoint(_fake_checkpoint(tmp_path / "pct_1.zip"))
+    assert isinstance(data, str) and isinstance(policy, bytes) and policy
 
 
-def test_check_zip_random_bytes(tmp_path: Path):
+def test_read_checkpoint_random_bytes(tmp_path: Path):
     bad = tmp_path / "pct_50.zip"
     bad.write_bytes(os.urandom(4096))
     with pytest.raises(GpurenderError, match="not a readable checkpoint zip") as info:
-        check_zip(bad)
+        read_checkpoint(bad)
     assert str(bad) in str(info.value)
 
 
-def test_check_zip_missing_file(tmp_path: Path):
+def test_read_checkpoint_missing_file(tmp_path: Path):
     with pytest.raises(GpurenderError) as info:
-        check_zip(tmp_path / "gone.zip")
+        read_checkpoint(tmp_path / "gone.zip")
     assert str(tmp_path / "gone.zip") in str(info.value)
 
 
-def test_check_zip_without_policy(tmp_path: Path):
+def test_read_checkpoint_without_policy(tmp_path: Path):
     path = tmp_path / "pct_50.zip"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("data", "{}")
         zf.writestr("pytorch_variables.pth", b"")
     with pytest.raises(GpurenderError, match=r"policy\.pth") as info:
-        check_zip(path)
+        read_checkpoint(path)
     assert str(path) in str(info.value)
 
 
-def test_check_zip_bad_crc(tmp_path: Path):
+def test_read_checkpoint_bad_crc(tmp_path: Path):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr("data", "{}")
@@ -185,13 +187,13 @@ def test_check_zip_bad_crc(tmp_path: Path):
     path = tmp_path / "pct_50.zip"
     path.write_bytes(bytes(raw))
     with pytest.raises(GpurenderError, match="corrupt") as info:
-        check_zip(path)
+        read_checkpoint(path)
     assert str(path) in str(info.value)
 
 
-def test_check_zip_truncated(tmp_path: Path):
+def test_read_checkpoint_truncated(tmp_path: Path):
     good = _fake_checkpoint(tmp_path / "good.zip").read_bytes()
     path = tmp_path / "pct_50.zip"
     path.write_bytes(good[: len(good) // 2])
     with pytest.raises(GpurenderError, match=re.escape(str(path))):
-        check_zip(path)
+        read_checkpoint(path)
