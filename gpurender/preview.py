@@ -244,6 +244,7 @@ class _HelpOverlay:
             tex, count = self.items[kind]
             tex.use(UNIT_ITEMS)
             prog["u_items"].value = count
+            prog["u_item0"].value = 0
             prog["u_tile0"].value = 0
             prog["u_tiles"].value = 1  # this target is one frame tall
             r.vaos[prog_name].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=count)

@@ -30,11 +30,13 @@ bool item_matched(int frame, vec4 binding) {
 }
 
 #if defined VERTEX_SHADER
-// Instanced item programs draw u_items items for every frame: instance = frame * u_items + item.
+// Instanced item programs draw u_items items from item u_item0 on for every frame:
+// instance = frame * u_items + (item - u_item0).
 uniform int u_items;
+uniform int u_item0;
 void instance_frame_item(out int frame, out int item) {
     frame = gl_InstanceID / u_items;
-    item = gl_InstanceID - frame * u_items;
+    item = u_item0 + gl_InstanceID - frame * u_items;
 }
 
 // Corner of a 4-vertex triangle strip: (0,0) (1,0) (0,1) (1,1).

@@ -160,8 +160,8 @@ def draw(renderer: FrameRenderer, frames: list[Frame], yuv: bool = False, tile0:
                       None if f.hist_actions is None else f.hist_actions[None],
                       None if f.hist_scores is None else f.hist_scores[None])
         for f in frames])
-    base = layout.static_chars(spec)
-    chars = np.stack([layout.frame_chars(base, _texts(renderer, f)) for f in frames])
+    # each frame's fixed text from its own spec (frames of one layout may be different milestones)
+    chars = np.stack([layout.frame_chars(layout.static_chars(f.spec), _texts(renderer, f)) for f in frames])
     renderer.begin()
     renderer.draw(spec, values, chars, np.stack([f.screen for f in frames]), tile0=tile0)
     n = tile0 + len(frames)
@@ -352,6 +352,24 @@ def test_yuv_planes_are_bt601_of_the_rgb_frame(renderer, ppo_layers, breakout_sc
             err = np.abs(got.astype(np.float64) - want)
             worst = np.unravel_index(int(err.argmax()), err.shape)
             assert err.max() <= tol, f"tile {tile} {name}: off by {err.max():.2f} at {worst}"
+
+
+def test_panel_images_equal_drawing_every_item(renderer, ppo_layers, breakout_screen):
+    """Fixed items come from a per-milestone panel image copied into each tile; drawing them with
+    every frame instead gives the same pixels (two milestones: their titles differ)."""
+    if not renderer.static_copy:
+        pytest.skip("no glCopyImageSubData in this context: every frame draws every item already")
+    a = ppo_frame(renderer, ppo_layers, breakout_screen)
+    b = a.with_(action=1, spec=replace(a.spec, milestone="75%", learning_rate=1e-3))
+    with_images = draw(renderer, [a, b])
+    renderer.static_copy = False
+    try:
+        drawn = draw(renderer, [a, b])
+    finally:
+        renderer.static_copy = True
+    assert renderer.static_copy
+    assert np.array_equal(with_images, drawn)
+    assert not np.array_equal(with_images[0, :54], with_images[1, :54])  # the subtitles differ
 
 
 def test_software_path_equals_the_whole_frame(renderer, ppo_layers):

@@ -140,6 +140,7 @@ class PanelLayout:
         self.fields: dict[str, _Field] = {}
         self._static_fields: dict[str, str] = {}
         self._build(spec)
+        self._static_first()
 
     # -- text -----------------------------------------------------------------------------------
 
@@ -245,6 +246,26 @@ class PanelLayout:
                                    (level0 + s, edge_slot, 0, 0))
                     edge_slot += 1
             level0 += len(src_col)
+
+    def _static_first(self) -> None:
+        """Put the items that look the same in every frame of a video first: rects bound to no
+        value and no action, and the glyphs of fixed, unbound text (titles, headings, labels).
+        They are drawn once per video into a panel image (:class:`FrameRenderer`), the rest per
+        frame: ``n_static_rects`` / ``n_static_slots`` items of each kind."""
+        static = [r for r in self.rects.rows if r[12] < 0 and r[13] < 0]
+        self.rects = Items(static + [r for r in self.rects.rows if not (r[12] < 0 and r[13] < 0)])
+        self.n_static_rects = len(static)
+        fixed = set(self._static_fields) | {"title", "subtitle"}
+        order = sorted(self.fields, key=lambda n: (n not in fixed, self.fields[n].slot0))
+        rows, slot = [], 0
+        for name in order:
+            f = self.fields[name]
+            part = self.glyphs.rows[f.slot0 : f.slot0 + f.length]
+            assert name not in fixed or all(r[13] < 0 for r in part), f"{name}: fixed text cannot be bound"
+            rows += part
+            f.slot0, slot = slot, slot + f.length
+        self.glyphs = Items(rows)
+        self.n_static_slots = sum(self.fields[n].length for n in fixed)
 
     # -- per-frame packing --------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ reading back 1.5 bytes per pixel hands the encoder its planes directly.
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 
 import moderngl
@@ -32,11 +33,34 @@ YUV_ROWS = FRAME_H * 3 // 2
 UNIT_VALUES, UNIT_ITEMS, UNIT_CHARS, UNIT_ATLAS, UNIT_SCREENS, UNIT_RGB = range(6)
 
 
+GL_TEXTURE_2D = 0x0DE1
+_BLEND_OVER = (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA)
+
+
 @dataclass
 class _LayoutGPU:
     layout: PanelLayout
     items: dict[str, moderngl.Texture]
     counts: dict[str, int]
+
+
+def _copy_image_fn(ctx: moderngl.Context):
+    """``glCopyImageSubData`` (GL 4.3) through EGL, or None. ModernGL has no texture-to-texture
+    region copy; on llvmpipe this one is a memcpy (0.25 ms per panel, where clearing the same
+    area costs 0.85 ms and drawing it several ms)."""
+    if ctx.version_code < 430:
+        return None
+    try:
+        egl = ctypes.CDLL("libEGL.so.1")
+    except OSError:
+        return None
+    egl.eglGetProcAddress.restype = ctypes.c_void_p
+    egl.eglGetProcAddress.argtypes = [ctypes.c_char_p]
+    addr = egl.eglGetProcAddress(b"glCopyImageSubData")
+    if not addr:
+        return None
+    args = [ctypes.c_uint, ctypes.c_uint, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int] * 2
+    return ctypes.CFUNCTYPE(None, *args, ctypes.c_int, ctypes.c_int, ctypes.c_int)(addr)
 
 
 class FrameRenderer:
@@ -72,6 +96,12 @@ class FrameRenderer:
         self.t_screens.filter = (moderngl.NEAREST, moderngl.NEAREST)
         self._dyn: dict[str, moderngl.Texture] = {}
         self._layouts: dict[tuple, _LayoutGPU] = {}
+        # Items that never change within a video are drawn once per milestone into a panel image
+        # that is copied into each tile (an own EGL context is needed for the copy function);
+        # otherwise they are drawn with every frame. Same pixels either way (tested).
+        self._copy_image = _copy_image_fn(self.ctx) if self._own_ctx else None
+        self._panels: dict[tuple, moderngl.Texture] = {}
+        self._scratch: moderngl.Framebuffer | None = None
         fonts = [(f.origin_y, f.cell_w, f.cell_h, 0.0) for f in self.atlas.fonts.values()]
         fonts += [(0.0, 0.0, 0.0, 0.0)] * (8 - len(fonts))
         self.programs["text"]["u_fonts"].value = fonts
@@ -127,16 +157,77 @@ class FrameRenderer:
 
     # -- drawing --------------------------------------------------------------------------------
 
+    @property
+    def static_copy(self) -> bool:
+        """Whether fixed items come from per-milestone panel images (else drawn every frame)."""
+        return self._copy_image is not None
+
+    @static_copy.setter
+    def static_copy(self, on: bool) -> None:
+        self._copy_image = (_copy_image_fn(self.ctx) if self._own_ctx else None) if on else None
+
     def begin(self, n: int | None = None, game: bool = True) -> None:
         """Start a pass of ``n`` frames (all tiles when None): make the context current on this
-        thread and clear those tiles (on llvmpipe clearing all 16 tiles costs more than a frame);
-        ``game=False``: only their panel halves (the game half will not be drawn or read)."""
+        thread and, unless the panel images cover the tiles (:attr:`static_copy`), clear them
+        (``game=False``: only their panel halves; the game half will not be drawn or read)."""
         if self._own_ctx and not self._current:
             self.ctx.__enter__()  # another context in the process may have been made current
             self._current = True
         self.fbo_rgb.use()
+        if self.static_copy:
+            return  # draw() copies a panel image over each left half; the opaque game quad covers the right
         rows = FRAME_H * (self.max_tiles if n is None else min(n, self.max_tiles))
         self.fbo_rgb.clear(*BACKGROUND, 1.0, viewport=(0, 0, FRAME_W if game else PANEL_W, rows))
+
+    def _items(self, gl: _LayoutGPU, kind: str, prog_name: str, first: int, count: int, frames: int,
+               blend: tuple | None) -> None:
+        """Instanced draw of items ``first .. first+count-1`` of ``kind`` for ``frames`` frames."""
+        if count <= 0:
+            return
+        prog = self.programs[prog_name]
+        gl.items[kind].use(UNIT_ITEMS)
+        prog["u_items"].value = count
+        prog["u_item0"].value = first
+        if blend is None:
+            self.ctx.disable(moderngl.BLEND)
+        else:
+            self.ctx.enable(moderngl.BLEND)
+            self.ctx.blend_func = blend
+        self.vaos[prog_name].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=frames * count)
+
+    def _fixed_items(self, gl: _LayoutGPU, frames: int) -> None:
+        """The panel's fixed items: the rects, then the text, that look the same in every frame."""
+        self._items(gl, "rects", "rects", 0, gl.layout.n_static_rects, frames, _BLEND_OVER)
+        self._items(gl, "glyphs", "text", 0, gl.layout.n_static_slots, frames, _BLEND_OVER)
+
+    def _set_tiles(self, tiles: int, tile0: int) -> None:
+        for prog in self.programs.values():
+            if "u_tile0" in prog:
+                prog["u_tile0"].value = tile0
+            if "u_tiles" in prog:
+                prog["u_tiles"].value = tiles
+
+    def _panel_image(self, gl: _LayoutGPU, chars: np.ndarray) -> moderngl.Texture:
+        """The fixed part of one milestone's panel (its fixed text is in ``chars``), drawn once."""
+        fixed = np.ascontiguousarray(chars[: gl.layout.n_static_slots], np.uint8)
+        key = (id(gl), fixed.tobytes())
+        tex = self._panels.get(key)
+        if tex is None:
+            if self._scratch is None:
+                self._scratch = self.ctx.simple_framebuffer((FRAME_W, FRAME_H), 4)
+            t_chars = self._dynamic("chars", len(chars), 1, "u1")
+            t_chars.write(np.ascontiguousarray(chars, np.uint8).tobytes(), viewport=(0, 0, len(chars), 1))
+            t_chars.use(UNIT_CHARS)
+            self.t_atlas.use(UNIT_ATLAS)
+            self._scratch.use()
+            self._scratch.clear(*BACKGROUND, 1.0)
+            self.ctx.viewport = (0, 0, FRAME_W, FRAME_H)
+            self._set_tiles(1, 0)
+            self._fixed_items(gl, 1)
+            self._set_tiles(self.max_tiles, 0)
+            data = self._scratch.read(viewport=(0, 0, PANEL_W, FRAME_H), components=4, alignment=1)
+            tex = self._panels[key] = self.ctx.texture((PANEL_W, FRAME_H), 4, data, alignment=1)
+        return tex
 
     def draw(self, spec: PanelSpec, values: np.ndarray, chars: np.ndarray, screens: np.ndarray | None,
              tile0: int = 0) -> None:
@@ -148,6 +239,7 @@ class FrameRenderer:
             raise ValueError(f"{tile0 + n} frames exceed the {self.max_tiles} tiles of a pass")
         gl = self._gpu_layout(spec)
         ctx = self.ctx
+        panels = [self._panel_image(gl, c) for c in chars] if self.static_copy else []
         t_values = self._dynamic("values", values.shape[1], 1, "f4")
         t_values.write(np.ascontiguousarray(values, np.float32).tobytes(), viewport=(0, 0, values.shape[1], n))
         t_chars = self._dynamic("chars", chars.shape[1], 1, "u1")
@@ -160,25 +252,22 @@ class FrameRenderer:
         self.t_screens.use(UNIT_SCREENS)
         self.fbo_rgb.use()
         ctx.viewport = (0, 0, FRAME_W, FRAME_H * self.max_tiles)
-        for prog in self.programs.values():
-            if "u_tile0" in prog:
-                prog["u_tile0"].value = tile0
-        strip = moderngl.TRIANGLE_STRIP
+        self._set_tiles(self.max_tiles, tile0)
+        if self.static_copy:
+            for k, panel in enumerate(panels):
+                self._copy_image(panel.glo, GL_TEXTURE_2D, 0, 0, 0, 0, self.t_rgb.glo, GL_TEXTURE_2D, 0,
+                                 0, (tile0 + k) * FRAME_H, 0, PANEL_W, FRAME_H, 1)
+        else:
+            self._fixed_items(gl, n)
         if screens is not None:
             ctx.disable(moderngl.BLEND)
-            self.vaos["game"].render(strip, vertices=4, instances=n)
-        ctx.enable(moderngl.BLEND)
-        for kind, prog_name, blend in (
-            ("rects", "rects", (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA)),
-            ("edges", "edges", (moderngl.ONE, moderngl.ONE)),
-            ("nodes", "nodes", (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA)),
-            ("glyphs", "text", (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA)),
-        ):
-            ctx.blend_func = blend
-            gl.items[kind].use(UNIT_ITEMS)
-            count = gl.counts[kind]
-            self.programs[prog_name]["u_items"].value = count
-            self.vaos[prog_name].render(strip, vertices=4, instances=n * count)
+            self.vaos["game"].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=n)
+        lay = gl.layout
+        self._items(gl, "rects", "rects", lay.n_static_rects, gl.counts["rects"] - lay.n_static_rects, n, _BLEND_OVER)
+        self._items(gl, "edges", "edges", 0, gl.counts["edges"], n, (moderngl.ONE, moderngl.ONE))
+        self._items(gl, "nodes", "nodes", 0, gl.counts["nodes"], n, _BLEND_OVER)
+        self._items(gl, "glyphs", "text", lay.n_static_slots, gl.counts["glyphs"] - lay.n_static_slots, n,
+                    _BLEND_OVER)
         ctx.disable(moderngl.BLEND)
 
     def read_yuv(self, n: int) -> np.ndarray:
@@ -215,6 +304,10 @@ class FrameRenderer:
         for gl in self._layouts.values():
             for tex in gl.items.values():
                 tex.release()
+        for tex in self._panels.values():
+            tex.release()
+        if self._scratch is not None:
+            self._scratch.release()
         self.s_rgb_linear.release()
         self.fbo_rgb.release()
         self.fbo_yuv.release()
