@@ -1,8 +1,10 @@
 """Draw batches of analytics frames with ModernGL into one tiled offscreen target.
 
-Per pass, up to ``max_tiles`` frames are drawn by six instanced draw calls (game, rects, edges,
-nodes, text for the whole batch) plus one full-screen pass that converts them to I420, so
-reading back 1.5 bytes per pixel hands the encoder its planes directly.
+Per pass, up to ``max_tiles`` frames are drawn by a few instanced draw calls for the whole batch
+(game, live rects, edges, nodes, live text) over per-milestone panel images that hold what never
+changes within a video. On a GPU one more pass converts the frames to I420, so reading back 1.5
+bytes per pixel hands the encoder its planes directly; a software renderer reads the panel halves
+as RGBA instead and the encoder threads convert them (:class:`gpurender.encode.I420Converter`).
 """
 
 from __future__ import annotations
