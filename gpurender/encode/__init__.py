@@ -137,11 +137,6 @@ def rgba_to_i420(rgba: np.ndarray) -> np.ndarray:
     return I420Converter(rgba.shape[1], rgba.shape[0]).rgba(rgba).copy()
 
 
-def compose_i420(panel: np.ndarray, screen: np.ndarray) -> np.ndarray:
-    """:meth:`I420Converter.compose` into a new array."""
-    return I420Converter().compose(panel, screen).copy()
-
-
 class VideoWriter:
     """One MP4 written under a temporary name and renamed into place by :meth:`close`.
 
@@ -172,7 +167,7 @@ class VideoWriter:
 
     def write(self, image: np.ndarray | tuple[np.ndarray, np.ndarray]) -> None:
         """One frame: I420 planes (810, 960), RGBA (540, 960, 4), or (panel RGBA, game screen)
-        for :func:`compose_i420`."""
+        for :meth:`I420Converter.compose`."""
         if isinstance(image, tuple):
             yuv = self._converter.compose(*image)
         else:

@@ -77,7 +77,7 @@ class FrameRenderer:
         self.renderer = renderer_name(self.ctx)
         self.software = is_software(self.renderer)
         """Mesa's CPU rasterisers: frames are better read as RGBA and converted by the encoders
-        (:meth:`read_panels` + :func:`gpurender.encode.compose_i420`)."""
+        (:meth:`read_panels` + :meth:`gpurender.encode.I420Converter.compose`)."""
         self.programs = {name: load_program(self.ctx, name)
                          for name in ("game", "rects", "edges", "nodes", "text", "yuv420")}
         self.programs["chroma"] = load_program(self.ctx, "yuv420", ("CHROMA",))
@@ -235,7 +235,7 @@ class FrameRenderer:
              tile0: int = 0) -> None:
         """Draw ``len(values)`` frames of one layout into tiles ``tile0 ...``; ``screens=None``
         leaves the game half undrawn (on a software renderer the encoders add it:
-        :func:`gpurender.encode.compose_i420`)."""
+        :meth:`gpurender.encode.I420Converter.compose`)."""
         n = len(values)
         if tile0 + n > self.max_tiles:
             raise ValueError(f"{tile0 + n} frames exceed the {self.max_tiles} tiles of a pass")
