@@ -218,8 +218,12 @@ def _import_envpool():
         sys.modules["envpool.entry"] = types.ModuleType("envpool.entry")
         try:
             import envpool
+            import envpool.atari.registration
+        except Exception:  # not installed, or an EnvPool that needs its entry module: the plain import decides
+            for name in [m for m in sys.modules if m == "envpool" or m.startswith("envpool.")]:
+                del sys.modules[name]
         finally:
-            del sys.modules["envpool.entry"]
+            sys.modules.pop("envpool.entry", None)
             if hasattr(sys.modules.get("envpool"), "entry"):
                 del sys.modules["envpool"].entry
     import envpool

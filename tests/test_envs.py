@@ -4,6 +4,8 @@ game names, and (slow, opt-in) statistical equality of play between the backends
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -378,3 +380,22 @@ def test_envpool_backend_plays_like_sb3_evaluation():
     msg = f"envpool {m1:.1f} [{lo1:.1f}, {hi1:.1f}] vs SB3 {m2:.1f} [{lo2:.1f}, {hi2:.1f}] ({milestone.path.name})"
     print(msg)
     assert lo1 <= hi2 and lo2 <= hi1, msg
+
+
+def test_envpool_is_imported_with_only_its_atari_family():
+    """Start-up: the other env families (matplotlib, jumanji, ...) stay unimported, Atari works,
+    and someone else's later ``import envpool.entry`` still registers everything."""
+    pytest.importorskip("envpool")
+    code = (
+        "import sys\n"
+        "from gpurender.envs import _import_envpool\n"
+        "ep = _import_envpool()\n"
+        "assert 'envpool.jumanji' not in sys.modules and 'matplotlib' not in sys.modules\n"
+        "atari = len(ep.list_all_envs())\n"
+        "ep.make_gymnasium('Breakout-v5', num_envs=1).reset()\n"
+        "import envpool.entry\n"
+        "assert len(ep.list_all_envs()) > atari\n"
+        "print('ok', atari)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
