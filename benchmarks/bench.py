@@ -210,6 +210,13 @@ class Run:
         inner = self.inner.get("wall_seconds") or self.inner.get("run_s")
         return self.wall_s - inner if inner else None
 
+    @property
+    def first_frame_s(self) -> float | None:
+        """From the command's start to its first frames drawn (gpurender only: the original tool
+        writes each video only once all its frames exist)."""
+        first, startup = self.inner.get("first_frame_seconds"), self.startup_s
+        return startup + first if first is not None and startup is not None else None
+
 
 def run_tool(tool: str, run_dir: Path, n: int, seconds: float, work: Path, args: argparse.Namespace) -> Run:
     frames_each = max(1, round(seconds * FPS))
@@ -313,15 +320,17 @@ def e2e_table(runs: list[Run]) -> str:
     keys = list(dict.fromkeys(k for r in runs for k in r.inner.get("stage_seconds", {})))
     lines = [
         "| tool | milestones | clip s | frames | wall s | frames/s | x real time | peak RSS MiB | peak PSS MiB "
-        "| start-up s |" + "".join(f" {k} s |" for k in keys),
-        "|---|" + "---:|" * (9 + len(keys)),
+        "| start-up s | first frame s |" + "".join(f" {k} s |" for k in keys),
+        "|---|" + "---:|" * (10 + len(keys)),
     ]
     for r in runs:
         st = r.inner.get("stage_seconds", {})
         startup = r.startup_s
         cells = [r.tool + ("" if r.ok else " (FAILED)"), str(r.milestones), f"{r.clip_seconds:g}", f"{r.frames:,}",
                  f"{r.wall_s:.1f}", f"{r.fps:.1f}", f"{r.realtime:.2f}", _mib(r.peak_rss_mib), _mib(r.peak_pss_mib),
-                 "-" if startup is None else f"{startup:.1f}", *(f"{st[k]:.1f}" if k in st else "-" for k in keys)]
+                 "-" if startup is None else f"{startup:.1f}",
+                 "-" if r.first_frame_s is None else f"{r.first_frame_s:.1f}",
+                 *(f"{st[k]:.1f}" if k in st else "-" for k in keys)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -370,8 +379,10 @@ def markdown(result: dict, stage_rows: list) -> str:
     if e2e:
         out += ["## End to end\n",
                 "Whole command as a subprocess (start-up included). frames/s = frames of finished video / wall; "
-                "x real time = video seconds / wall second. Start-up = wall - the job's own wall. Stage seconds are "
-                "gpurender's own accounting of overlapping threads (they do not sum to the wall).\n",
+                "x real time = video seconds / wall second. Start-up = wall - the job's own wall (interpreter, "
+                "imports, exit). First frame = from the command's start to gpurender's first frames drawn "
+                "(checkpoints loaded, envs made, GL and encoders open). Stage seconds are "
+                "gpurender's own accounting of overlapping processes and threads (they do not sum to the wall).\n",
                 e2e_table(e2e)]
     if mem:
         out += ["## Memory against clip length (1 milestone)\n", memory_table(mem)]

@@ -113,6 +113,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     _print_summary(report)
     if args.stats_json is not None:
         stats = {"frames": report.frames, "wall_seconds": report.wall_seconds, "fps": report.fps,
+                 "first_frame_seconds": report.first_frame_seconds,
                  "stage_seconds": report.stage_seconds, "encoder": report.encoder,
                  "renderer": report.renderer, "device": report.device}
         args.stats_json.write_text(json.dumps(stats, indent=2) + "\n")

@@ -64,6 +64,9 @@ class RenderReport:
     renderer: str = ""
     device: str = ""
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    first_frame_seconds: float | None = None
+    """From the start of :func:`render` to the first frames drawn (checkpoints loaded, envs made,
+    GL context and encoders open): the job's start-up."""
 
     @property
     def fps(self) -> float:
@@ -295,6 +298,8 @@ def render(cfg: RenderConfig, progress: bool = True, on_frame: Callable[[int], N
                 report.frames = job.frames_done
                 report.renderer = job.renderer_name
                 report.stage_seconds = job.stage_seconds
+                if job.first_frame_time is not None:
+                    report.first_frame_seconds = job.first_frame_time - t_start
                 report.wall_seconds = time.perf_counter() - t_start
                 job.write_sidecars(report)
         finally:
@@ -448,6 +453,7 @@ class _Job:
                 self.encoders[e] = EncoderThread(VideoWriter(path, codec, settings))
         self.returns: list[list[float]] = [[] for _ in range(self.n_envs)]
         self.final_scores = np.zeros(self.n_envs)
+        self.first_frame_time: float | None = None
         self._finished = False
 
     def _draw_steps(self, steps: list[_StepData]) -> None:
@@ -499,6 +505,8 @@ class _Job:
 
         def flush() -> None:
             self._draw_steps(pending)
+            if self.first_frame_time is None:
+                self.first_frame_time = time.perf_counter()
             for d in pending:
                 self.frames_done += self.n_envs
                 bar.update(self.n_envs)

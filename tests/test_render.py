@@ -436,6 +436,8 @@ def test_python_api_renders_a_playable_video(api_renders):
     assert len(d.frames) == 30
     assert d.color_range == 1  # limited range, as the shader writes it
     assert not any(p.name.endswith(".partial.mp4") for p in video.path.parent.iterdir())
+    assert 0 < report.first_frame_seconds < report.wall_seconds
+    assert set(report.stage_seconds) >= {"infer", "env", "gl", "pack"}
 
 
 def test_same_seed_renders_identical_frames(api_renders):
