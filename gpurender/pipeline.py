@@ -380,7 +380,10 @@ class _SimulationProcess:
 
     def __init__(self, cfg: RenderConfig, game: Game, milestones: list[Milestone]) -> None:
         ctx = mp.get_context("spawn")
-        self.queue: mp.Queue = ctx.Queue(maxsize=32)  # the drawer takes several steps per pass
+        # the drawer takes up to 16 frames (tiles) per pass: room for two passes' worth of steps,
+        # so memory stays bounded by the number of envs, never by the clip's length
+        steps_per_pass = max(1, 16 // max(1, len(milestones) * cfg.envs_per_milestone))
+        self.queue: mp.Queue = ctx.Queue(maxsize=max(4, 2 * steps_per_pass))
         self.stop = ctx.Event()
         self.proc = ctx.Process(target=_simulate, args=(cfg, game.name, milestones, self.queue, self.stop),
                                 name="gpurender-simulate", daemon=True)
