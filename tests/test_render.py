@@ -446,3 +446,35 @@ def test_same_seed_renders_identical_frames(api_renders):
     assert not np.array_equal(first[0], first[-1]), "the video is a still image"
     for i, (a, b) in enumerate(zip(first, second, strict=True)):
         assert np.array_equal(a, b), f"frame {i} differs between two renders with the same seed"
+
+
+def test_gpu_branch_of_the_pipeline_matches_the_software_branch(ppo_checkpoint, tmp_path, monkeypatch):
+    """The pipeline as it runs on a GPU (game drawn by its shader, the I420 shader pass read back)
+    forced here on llvmpipe: its videos match the software branch's (OpenCV conversion) frame
+    for frame, up to the rounding of the two conversions and the encoder."""
+    import gpurender.render.renderer as renderer_module
+    from gpurender.pipeline import render
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(ppo_checkpoint, run / "pct_10.zip")
+    cfg = RenderConfig(model_dir=(run,), output_dir=tmp_path / "software", clip_seconds=0.5, fps=30, seed=0,
+                       device="cpu", encoder="x264", crf=0)
+    software = render(cfg, progress=False)
+    monkeypatch.setattr(renderer_module, "is_software", lambda name: False)
+    passes = []
+    read_yuv = renderer_module.FrameRenderer.read_yuv
+
+    def counted(self, n):
+        passes.append(n)
+        return read_yuv(self, n)
+
+    monkeypatch.setattr(renderer_module.FrameRenderer, "read_yuv", counted)
+    gpu_like = render(replace(cfg, output_dir=tmp_path / "gpu"), progress=False)
+    assert sum(passes) == 15  # every frame went through the I420 shader pass
+    assert software.renderer == gpu_like.renderer and "llvmpipe" in software.renderer
+    a, b = (decode(r.videos[0].path).frames for r in (software, gpu_like))
+    assert len(a) == len(b) == 15
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        diff = np.abs(x.astype(np.int16) - y.astype(np.int16))
+        assert diff.max() <= 2, f"frame {i}: the two branches differ by up to {diff.max()}"
