@@ -66,9 +66,11 @@ def _no_weight_init() -> Iterator[None]:
         nn.init.orthogonal_ = original
 
 
-def _read_members(path: Path, policy: bool = True) -> tuple[str, bytes]:
-    """-> (``data`` JSON, ``policy.pth`` bytes or b""). zipfile checks each member's CRC as it
-    reads it, so a damaged member fails here with a one-line reason."""
+def read_checkpoint(path: Path, policy: bool = True) -> tuple[str, bytes]:
+    """The two members an :class:`Agent` needs, decompressed: (``data`` JSON, ``policy.pth``
+    bytes, or b"" with ``policy=False``). zipfile checks each member's CRC as it reads it, so a
+    damaged member fails here with a one-line reason."""
+    path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
@@ -79,11 +81,6 @@ def _read_members(path: Path, policy: bool = True) -> tuple[str, bytes]:
         raise GpurenderError(f"{path}: no such checkpoint") from None
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
         raise GpurenderError(f"{path}: not a readable checkpoint zip, corrupt or truncated ({exc})") from None
-
-
-def read_checkpoint(path: Path) -> tuple[str, bytes]:
-    """The two members an :class:`Agent` needs (``data``, ``policy.pth``), decompressed."""
-    return _read_members(Path(path))
 
 
 def _algo_of(data: dict, path: Path) -> str:
@@ -112,7 +109,7 @@ def _parse_data(raw: str, path: Path) -> dict:
 
 def detect_algo(path: Path) -> str:
     """Which SB3 algorithm saved ``path`` (from the archive's ``data``, without unpickling)."""
-    return _algo_of(_parse_data(_read_members(Path(path), policy=False)[0], path), path)
+    return _algo_of(_parse_data(read_checkpoint(path, policy=False)[0], path), path)
 
 
 def _algo_class(algo: str):
@@ -195,7 +192,7 @@ class Agent:
                  members: tuple[str, bytes] | None = None) -> None:
         """``members``: :func:`read_checkpoint`'s result when the caller already read the archive."""
         self.path = Path(path)
-        raw_data, raw_policy = members if members is not None else _read_members(self.path)
+        raw_data, raw_policy = members if members is not None else read_checkpoint(self.path)
         self.algo = _algo_of(_parse_data(raw_data, self.path), self.path)
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.stochastic = stochastic
@@ -370,8 +367,7 @@ class LevelNormaliser:
     """
 
     def __init__(self, node_counts: list[int]) -> None:
-        self.bounds = np.cumsum([0, *node_counts])
-        self.n_scaled = int(self.bounds[-2])  # every node but the output layer's
+        self.n_scaled = sum(node_counts[:-1])  # every node but the output layer's
         self.layer_of_node = torch.as_tensor(np.repeat(np.arange(len(node_counts) - 1), node_counts[:-1]))
         self.running = torch.zeros(len(node_counts) - 1)
 

@@ -7,6 +7,7 @@ back, which on llvmpipe is most of a frame, and would stall a simulation thread.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing as mp
@@ -445,7 +446,6 @@ class _Job:
         slots = self.slots
         # frames are drawn grouped by layout so each group is one run of tiles
         self.layout_rank = {s.panel.spec.layout_key: k for k, s in reversed(list(enumerate(slots)))}
-        self.order = sorted(range(len(slots)), key=lambda i: self.layout_rank[slots[i].panel.spec.layout_key])
         settings = EncodeSettings(fps=cfg.fps, crf=cfg.crf, preset=cfg.preset)
         self.results: list[VideoResult] = []
         self.encoders: dict[int, EncoderThread] = {}
@@ -466,8 +466,7 @@ class _Job:
         t0 = time.perf_counter()
         per_tile = []  # (env, panel, values row, chars row, screen) in drawing order
         for d in steps:
-            for i in self.order:
-                s = self.slots[i]
+            for s in self.slots:
                 out = s.panel.unpack(d.packed[s.envs[0] : s.envs[-1] + 1])
                 values, chars = s.panel.pack(d.t, self.cfg.frames, out, d.scores[s.envs], d.lives[s.envs])
                 per_tile += [(e, s.panel, values[k], chars[k], d.screens[e]) for k, e in enumerate(s.envs)]
@@ -479,16 +478,12 @@ class _Job:
             chunk = per_tile[start : start + r.max_tiles]
             t0 = time.perf_counter()
             r.begin(len(chunk), game=not r.software)
-            j = 0
-            while j < len(chunk):
-                key = chunk[j][1].spec.layout_key
-                end = j
-                while end < len(chunk) and chunk[end][1].spec.layout_key == key:
-                    end += 1
-                seg = chunk[j:end]
+            tile0 = 0
+            for _, group in itertools.groupby(chunk, key=lambda c: c[1].spec.layout_key):
+                seg = list(group)
                 r.draw(seg[0][1].spec, np.stack([c[2] for c in seg]), np.stack([c[3] for c in seg]),
-                       None if r.software else np.stack([c[4] for c in seg]), tile0=j)
-                j = end
+                       None if r.software else np.stack([c[4] for c in seg]), tile0=tile0)
+                tile0 += len(seg)
             # a GPU converts whole frames to I420; on a software renderer sampling textures is the
             # costly part, so the encoder threads convert the panel and scale the game in (OpenCV)
             frames = r.read_panels(len(chunk)) if r.software else r.read_yuv(len(chunk))

@@ -62,7 +62,7 @@ from gpurender.milestones import find_milestones
 from gpurender.pipeline import MilestonePanel, load_agents
 from gpurender.render import FrameRenderer
 from gpurender.render.layout import CYAN, DIM, FRAME_H, FRAME_W, WHITE, YELLOW, Items
-from gpurender.render.renderer import UNIT_ATLAS, UNIT_CHARS, UNIT_ITEMS
+from gpurender.render.renderer import BLEND_OVER, UNIT_ATLAS, UNIT_CHARS
 from gpurender.render.shaders import load_program
 
 log = logging.getLogger(__name__)
@@ -237,18 +237,11 @@ class _HelpOverlay:
         ctx.viewport = (0, 0, FRAME_W, FRAME_H)
         self.t_chars.use(UNIT_CHARS)
         r.t_atlas.use(UNIT_ATLAS)
-        ctx.enable(moderngl.BLEND)
-        ctx.blend_func = moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA
+        r.set_tiles(1, 0)  # this target is one frame tall
         for kind, prog_name in (("rects", "rects"), ("glyphs", "text")):
-            prog = r.programs[prog_name]
             tex, count = self.items[kind]
-            tex.use(UNIT_ITEMS)
-            prog["u_items"].value = count
-            prog["u_item0"].value = 0
-            prog["u_tile0"].value = 0
-            prog["u_tiles"].value = 1  # this target is one frame tall
-            r.vaos[prog_name].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=count)
-            prog["u_tiles"].value = r.max_tiles
+            r.draw_items(tex, prog_name, 0, count, 1, BLEND_OVER)
+        r.set_tiles(r.max_tiles, 0)
         ctx.disable(moderngl.BLEND)
         return self.t_out
 

@@ -96,7 +96,7 @@ class I420Converter:
         h, w = height, width
         chroma = self.out[h:].reshape(2, h // 2, w // 2)
         self.y, self.u, self.v = self.out[:h], chroma[0], chroma[1]
-        self._rgb = np.empty((h, w, 3), np.uint8)
+        self._game = np.empty((h, w // 2, 3), np.uint8)  # the game screen scaled to the right half
         self._gray = np.empty((h, w), np.uint8)
         self._small = np.empty((h // 2, w // 2, 3), np.uint8)
         self._small4 = np.empty((h // 2, w // 2, 4), np.uint8)
@@ -127,7 +127,7 @@ class I420Converter:
         ``game`` shader samples it) -> (810, 960) I420, as :meth:`rgba` of the whole frame."""
         h, pw = panel.shape[:2]
         self._convert(panel, 0)
-        game = cv2.resize(screen, (pw, h), dst=self._rgb[:, pw:], interpolation=cv2.INTER_NEAREST_EXACT)
+        game = cv2.resize(screen, (pw, h), dst=self._game, interpolation=cv2.INTER_NEAREST_EXACT)
         self._convert(game, pw)
         return self.out
 

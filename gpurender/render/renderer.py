@@ -36,7 +36,7 @@ UNIT_VALUES, UNIT_ITEMS, UNIT_CHARS, UNIT_ATLAS, UNIT_SCREENS, UNIT_RGB = range(
 
 
 GL_TEXTURE_2D = 0x0DE1
-_BLEND_OVER = (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA)
+BLEND_OVER = (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA)
 
 
 @dataclass
@@ -181,13 +181,14 @@ class FrameRenderer:
         rows = FRAME_H * (self.max_tiles if n is None else min(n, self.max_tiles))
         self.fbo_rgb.clear(*BACKGROUND, 1.0, viewport=(0, 0, FRAME_W if game else PANEL_W, rows))
 
-    def _items(self, gl: _LayoutGPU, kind: str, prog_name: str, first: int, count: int, frames: int,
-               blend: tuple | None) -> None:
-        """Instanced draw of items ``first .. first+count-1`` of ``kind`` for ``frames`` frames."""
+    def draw_items(self, items: moderngl.Texture, prog_name: str, first: int, count: int, frames: int,
+                   blend: tuple | None) -> None:
+        """Instanced draw of items ``first .. first+count-1`` of an :meth:`items_texture` with
+        program ``prog_name``, for ``frames`` frames (tiles from :meth:`set_tiles`'s ``tile0``)."""
         if count <= 0:
             return
         prog = self.programs[prog_name]
-        gl.items[kind].use(UNIT_ITEMS)
+        items.use(UNIT_ITEMS)
         prog["u_items"].value = count
         prog["u_item0"].value = first
         if blend is None:
@@ -199,10 +200,11 @@ class FrameRenderer:
 
     def _fixed_items(self, gl: _LayoutGPU, frames: int) -> None:
         """The panel's fixed items: the rects, then the text, that look the same in every frame."""
-        self._items(gl, "rects", "rects", 0, gl.layout.n_static_rects, frames, _BLEND_OVER)
-        self._items(gl, "glyphs", "text", 0, gl.layout.n_static_slots, frames, _BLEND_OVER)
+        self.draw_items(gl.items["rects"], "rects", 0, gl.layout.n_static_rects, frames, BLEND_OVER)
+        self.draw_items(gl.items["glyphs"], "text", 0, gl.layout.n_static_slots, frames, BLEND_OVER)
 
-    def _set_tiles(self, tiles: int, tile0: int) -> None:
+    def set_tiles(self, tiles: int, tile0: int) -> None:
+        """Every program's target layout: ``tiles`` frames tall, drawing from tile ``tile0``."""
         for prog in self.programs.values():
             if "u_tile0" in prog:
                 prog["u_tile0"].value = tile0
@@ -224,9 +226,9 @@ class FrameRenderer:
             self._scratch.use()
             self._scratch.clear(*BACKGROUND, 1.0)
             self.ctx.viewport = (0, 0, FRAME_W, FRAME_H)
-            self._set_tiles(1, 0)
+            self.set_tiles(1, 0)
             self._fixed_items(gl, 1)
-            self._set_tiles(self.max_tiles, 0)
+            self.set_tiles(self.max_tiles, 0)
             data = self._scratch.read(viewport=(0, 0, PANEL_W, FRAME_H), components=4, alignment=1)
             tex = self._panels[key] = self.ctx.texture((PANEL_W, FRAME_H), 4, data, alignment=1)
         return tex
@@ -254,7 +256,7 @@ class FrameRenderer:
         self.t_screens.use(UNIT_SCREENS)
         self.fbo_rgb.use()
         ctx.viewport = (0, 0, FRAME_W, FRAME_H * self.max_tiles)
-        self._set_tiles(self.max_tiles, tile0)
+        self.set_tiles(self.max_tiles, tile0)
         if self.static_copy:
             for k, panel in enumerate(panels):
                 self._copy_image(panel.glo, GL_TEXTURE_2D, 0, 0, 0, 0, self.t_rgb.glo, GL_TEXTURE_2D, 0,
@@ -264,12 +266,13 @@ class FrameRenderer:
         if screens is not None:
             ctx.disable(moderngl.BLEND)
             self.vaos["game"].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=n)
-        lay = gl.layout
-        self._items(gl, "rects", "rects", lay.n_static_rects, gl.counts["rects"] - lay.n_static_rects, n, _BLEND_OVER)
-        self._items(gl, "edges", "edges", 0, gl.counts["edges"], n, (moderngl.ONE, moderngl.ONE))
-        self._items(gl, "nodes", "nodes", 0, gl.counts["nodes"], n, _BLEND_OVER)
-        self._items(gl, "glyphs", "text", lay.n_static_slots, gl.counts["glyphs"] - lay.n_static_slots, n,
-                    _BLEND_OVER)
+        lay, items, counts = gl.layout, gl.items, gl.counts
+        self.draw_items(items["rects"], "rects", lay.n_static_rects, counts["rects"] - lay.n_static_rects, n,
+                        BLEND_OVER)
+        self.draw_items(items["edges"], "edges", 0, counts["edges"], n, (moderngl.ONE, moderngl.ONE))
+        self.draw_items(items["nodes"], "nodes", 0, counts["nodes"], n, BLEND_OVER)
+        self.draw_items(items["glyphs"], "text", lay.n_static_slots, counts["glyphs"] - lay.n_static_slots, n,
+                        BLEND_OVER)
         ctx.disable(moderngl.BLEND)
 
     def read_yuv(self, n: int) -> np.ndarray:
@@ -283,12 +286,6 @@ class FrameRenderer:
         self.s_rgb_linear.clear(UNIT_RGB)
         data = self.fbo_yuv.read(viewport=(0, 0, FRAME_W, YUV_ROWS * n), components=1, alignment=1)
         return np.frombuffer(data, np.uint8).reshape(n, YUV_ROWS, FRAME_W)
-
-    def read_rgba(self, n: int) -> np.ndarray:
-        """Tiles ``0..n-1`` as (n, 540, 960, 4) uint8 RGBA: the texture's own format, so on llvmpipe
-        a plain copy (0.1 ms a frame, where the I420 pass costs several ms)."""
-        data = self.fbo_rgb.read(viewport=(0, 0, FRAME_W, FRAME_H * n), components=4, alignment=1)
-        return np.frombuffer(data, np.uint8).reshape(n, FRAME_H, FRAME_W, 4)
 
     def read_panels(self, n: int) -> np.ndarray:
         """The left (analytics) half of tiles ``0..n-1``: (n, 540, 480, 4) uint8 RGBA."""
