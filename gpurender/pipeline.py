@@ -278,35 +278,30 @@ def render(cfg: RenderConfig, progress: bool = True, on_frame: Callable[[int], N
     report = RenderReport(videos, [])
     if not todo:
         report.encoder, _ = choose_encoder(cfg.encoder)
-        report.wall_seconds = time.perf_counter() - t_start
-        return report
-    # start the simulation first: it imports torch and loads the checkpoints while this process
-    # opens the GL context and the encoders
-    sim = _SimulationProcess(cfg, game, todo)
-    try:
-        codec, _ = choose_encoder(cfg.encoder)
-        report.encoder = codec
-        renderer = FrameRenderer()
+    else:
+        # start the simulation first: it imports torch and loads the checkpoints while this process
+        # opens the GL context and the encoders
+        sim = _SimulationProcess(cfg, game, todo)
         try:
-            loaded, report.failures, report.device = sim.loaded()
-            if loaded:
-                job = _Job(cfg, game, loaded, codec, output_dir, sim, renderer)
-                try:
-                    job.run(progress, on_frame)
-                finally:
-                    job.close()
-                report.videos += job.results
-                report.frames = job.frames_done
-                report.renderer = job.renderer_name
-                report.stage_seconds = job.stage_seconds
-                if job.first_frame_time is not None:
-                    report.first_frame_seconds = job.first_frame_time - t_start
-                report.wall_seconds = time.perf_counter() - t_start
-                job.write_sidecars(report)
+            report.encoder, _ = choose_encoder(cfg.encoder)
+            with FrameRenderer() as renderer:
+                loaded, report.failures, report.device = sim.loaded()
+                if loaded:
+                    job = _Job(cfg, game, loaded, report.encoder, output_dir, sim, renderer)
+                    try:
+                        job.run(progress, on_frame)
+                    finally:
+                        job.close()
+                    report.videos += job.results
+                    report.frames = job.frames_done
+                    report.renderer = job.renderer_name
+                    report.stage_seconds = job.stage_seconds
+                    if job.first_frame_time is not None:
+                        report.first_frame_seconds = job.first_frame_time - t_start
+                    report.wall_seconds = time.perf_counter() - t_start  # the sidecars' render fps
+                    job.write_sidecars(report)
         finally:
-            renderer.close()
-    finally:
-        sim.close()
+            sim.close()
     report.wall_seconds = time.perf_counter() - t_start
     return report
 
