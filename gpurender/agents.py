@@ -8,8 +8,6 @@ import contextlib
 import functools
 import io
 import json
-import zipfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 
 from gpurender.errors import DependencyMissing, GpurenderError
+from gpurender.milestones import read_checkpoint
 from gpurender.network import MAX_ACTIONS, MAX_NODES, AgentInfo, LayerInfo
 
 ALGOS = ("PPO", "A2C", "DQN", "QRDQN")
@@ -64,23 +63,6 @@ def _no_weight_init() -> Iterator[None]:
         yield
     finally:
         nn.init.orthogonal_ = original
-
-
-def read_checkpoint(path: Path, policy: bool = True) -> tuple[str, bytes]:
-    """The two members an :class:`Agent` needs, decompressed: (``data`` JSON, ``policy.pth``
-    bytes, or b"" with ``policy=False``). zipfile checks each member's CRC as it reads it, so a
-    damaged member fails here with a one-line reason."""
-    path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            if "data" not in names or "policy.pth" not in names:
-                raise GpurenderError(f"{path}: not a Stable-Baselines3 checkpoint (no data/policy.pth inside)")
-            return zf.read("data").decode(), zf.read("policy.pth") if policy else b""
-    except FileNotFoundError:
-        raise GpurenderError(f"{path}: no such checkpoint") from None
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        raise GpurenderError(f"{path}: not a readable checkpoint zip, corrupt or truncated ({exc})") from None
 
 
 def _algo_of(data: dict, path: Path) -> str:

@@ -1,4 +1,5 @@
-"""Find the checkpoints of a training run and give each a stable label and order.
+"""Find the checkpoints of a training run, give each a stable label and order, and read the two
+archive members rendering needs (:func:`read_checkpoint`, without torch).
 
 Recognised names (the original tool's and SB3 / rl-zoo's)::
 
@@ -10,6 +11,8 @@ Recognised names (the original tool's and SB3 / rl-zoo's)::
 from __future__ import annotations
 
 import re
+import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,3 +151,20 @@ def find_milestones(sources: Sequence[str | Path], select: Iterable[str] | None 
         both = ", ".join(str(m.path) for m in chosen if m.slug == dup)
         raise GpurenderError(f"two checkpoints share the milestone label {dup!r} ({both}); pass only one of them")
     return chosen
+
+
+def read_checkpoint(path: Path, policy: bool = True) -> tuple[str, bytes]:
+    """The two members an :class:`gpurender.agents.Agent` needs, decompressed: (``data`` JSON, ``policy.pth``
+    bytes, or b"" with ``policy=False``). zipfile checks each member's CRC as it reads it, so a
+    damaged member fails here with a one-line reason."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if "data" not in names or "policy.pth" not in names:
+                raise GpurenderError(f"{path}: not a Stable-Baselines3 checkpoint (no data/policy.pth inside)")
+            return zf.read("data").decode(), zf.read("policy.pth") if policy else b""
+    except FileNotFoundError:
+        raise GpurenderError(f"{path}: no such checkpoint") from None
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        raise GpurenderError(f"{path}: not a readable checkpoint zip, corrupt or truncated ({exc})") from None

@@ -59,7 +59,8 @@ from gpurender.envs import AtariStep, make_atari
 from gpurender.errors import GpurenderError
 from gpurender.games import resolve_game
 from gpurender.milestones import find_milestones
-from gpurender.pipeline import MilestonePanel, load_agents
+from gpurender.pipeline import MilestonePanel
+from gpurender.simulate import load_agents
 from gpurender.render import FrameRenderer
 from gpurender.render.layout import CYAN, DIM, FRAME_H, FRAME_W, WHITE, YELLOW, Items
 from gpurender.render.renderer import BLEND_OVER, UNIT_ATLAS, UNIT_CHARS

@@ -1,0 +1,202 @@
+"""The simulation side of a render: a child process that loads the agents, steps the batched
+Atari envs and runs one forward per milestone per step, streaming host arrays to the drawing
+process. This module imports no torch, OpenGL or FFmpeg at import time: the child is spawned
+with it alone, and torch is imported there while the checkpoints are already being read."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+import traceback
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gpurender.config import RenderConfig
+from gpurender.errors import GpurenderError
+from gpurender.games import Game, action_meanings, resolve_game
+from gpurender.milestones import Milestone, read_checkpoint
+from gpurender.network import AgentInfo
+
+if TYPE_CHECKING:
+    import torch
+
+    from gpurender.agents import Agent, LevelNormaliser
+
+log = logging.getLogger(__name__)
+
+
+def launch(agent: Agent, normaliser: LevelNormaliser, obs: torch.Tensor) -> torch.Tensor:
+    """One batched forward, left on the agent's device as one packed (n, width) float tensor:
+    action, value, probabilities, [Q-values], node levels. No host synchronisation here."""
+    import torch
+
+    o = agent.act(obs)
+    parts = [o.actions.float()[:, None], o.value.float()[:, None], o.probs.float()]
+    if o.q_values is not None:
+        parts.append(o.q_values.float())
+    parts.append(normaliser(o.levels).float())
+    return torch.cat(parts, dim=1)
+
+
+def read_checkpoints(pool: ThreadPoolExecutor, milestones: Sequence[Milestone]) -> list[Future]:
+    """Start reading every milestone's archive on ``pool``'s threads (zlib and lzma release the
+    GIL, so they decompress while this thread goes on, e.g. importing torch)."""
+    return [pool.submit(read_checkpoint, m.path) for m in milestones]
+
+
+def load_agents(cfg: RenderConfig, game: Game, device: torch.device, milestones: Sequence[Milestone],
+                failures: list[tuple[Path, str]],
+                reads: Sequence[Future] | None = None) -> list[tuple[Milestone, Agent]]:
+    """Load each milestone's agent and check it fits the game; a bad one is appended to
+    ``failures`` (path, one-line reason) and skipped. ``reads``: :func:`read_checkpoints` already
+    started; otherwise the archives are read here on a thread per core. The networks are built
+    one after another."""
+    from gpurender.agents import Agent
+
+    if reads is None:
+        with ThreadPoolExecutor(max_workers=_read_threads(milestones)) as pool:
+            return load_agents(cfg, game, device, milestones, failures, read_checkpoints(pool, milestones))
+    n_actions = len(action_meanings(game))
+    loaded = []
+    for m, read in zip(milestones, reads, strict=True):
+        try:
+            agent = Agent(m.path, device=device, stochastic=cfg.stochastic, members=read.result())
+            if agent.n_actions != n_actions:
+                raise GpurenderError(
+                    f"{m.path}: the agent has {agent.n_actions} actions but {game.name} has {n_actions}; "
+                    "pass the game it was trained on with --game"
+                )
+            if cfg.algo and cfg.algo != agent.algo:
+                raise GpurenderError(f"{m.path}: config says {cfg.algo} but the checkpoint is {agent.algo}")
+        except GpurenderError as exc:
+            failures.append((m.path, str(exc)))
+            continue
+        loaded.append((m, agent))
+    return loaded
+
+
+def _read_threads(milestones: Sequence[Milestone]) -> int:
+    return max(1, min(len(milestones), os.cpu_count() or 1))
+
+
+def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], out: mp.Queue,
+             stop: mp.Event) -> None:
+    """Child process: load the agents, report them, then stream one message per step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    pool = ThreadPoolExecutor(max_workers=_read_threads(milestones))
+    try:
+        reads = read_checkpoints(pool, milestones)  # decompressing while torch is imported
+        import torch
+
+        from gpurender.agents import LevelNormaliser, pick_device
+        from gpurender.envs import make_atari
+
+        device = pick_device(cfg.device)
+        if device.type == "cpu":
+            # small batches gain little from intra-op threads; drawing and encoding need the cores
+            torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 4)))
+        import cv2
+
+        cv2.setNumThreads(0)  # frames are warped as one batch; OpenCV's idle pool workers spin
+        game = resolve_game(game_name)
+        failures: list[tuple[Path, str]] = []
+        loaded = load_agents(cfg, game, device, milestones, failures, reads)
+        out.put(("loaded", [(m, a.info) for m, a in loaded], failures, str(device)))
+        if not loaded:
+            return
+        e_per = cfg.envs_per_milestone
+        n_envs = len(loaded) * e_per
+        agents = [a for _, a in loaded]
+        norms = [LevelNormaliser(a.node_counts) for a in agents]
+        env = make_atari(game, [cfg.seed + e for _ in agents for e in range(e_per)], cfg.backend)
+        stages = dict.fromkeys(("infer", "env", "sim_blocked"), 0.0)
+        returns: list[list[float]] = [[] for _ in range(n_envs)]
+        scores = np.zeros(n_envs, np.float64)
+        step = env.reset()
+        for t in range(cfg.frames):
+            if stop.is_set():
+                return
+            t0 = time.perf_counter()
+            obs = torch.from_numpy(step.obs).to(device, non_blocking=True)
+            packed = [launch(a, nrm, obs[i * e_per : (i + 1) * e_per])
+                      for i, (a, nrm) in enumerate(zip(agents, norms, strict=True))]
+            width = max(p.shape[1] for p in packed)
+            host = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in packed]).cpu().numpy()
+            t1 = time.perf_counter()
+            stages["infer"] += t1 - t0
+            out.put(("step", t, step.screens, host, scores.copy(), step.lives))
+            t2 = time.perf_counter()
+            stages["sim_blocked"] += t2 - t1
+            if t + 1 == cfg.frames:
+                break
+            step = env.step(host[:, 0].astype(np.int64))
+            scores += step.rewards
+            for e in np.flatnonzero(step.game_over):
+                returns[e].append(float(scores[e]))
+                scores[e] = 0.0
+            stages["env"] += time.perf_counter() - t2
+        env.close()
+        out.put(("done", returns, scores, stages))
+    except GpurenderError as exc:
+        out.put(("error", str(exc), ""))
+    except BaseException as exc:  # reported by the parent with the child's traceback
+        out.put(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+class SimulationProcess:
+    """The parent's handle on :func:`simulate`."""
+
+    def __init__(self, cfg: RenderConfig, game: Game, milestones: list[Milestone]) -> None:
+        ctx = mp.get_context("spawn")
+        # the drawer takes up to 16 frames (tiles) per pass: room for two passes' worth of steps,
+        # so memory stays bounded by the number of envs, never by the clip's length
+        steps_per_pass = max(1, 16 // max(1, len(milestones) * cfg.envs_per_milestone))
+        self.queue: mp.Queue = ctx.Queue(maxsize=max(4, 2 * steps_per_pass))
+        self.stop = ctx.Event()
+        self.proc = ctx.Process(target=simulate, args=(cfg, game.name, milestones, self.queue, self.stop),
+                                name="gpurender-simulate", daemon=True)
+        self.proc.start()
+
+    def get(self) -> tuple:
+        """The next message; raises if the child failed or died."""
+        while True:
+            try:
+                msg = self.queue.get(timeout=1.0)
+            except queue.Empty:
+                if not self.proc.is_alive():
+                    code = self.proc.exitcode
+                    raise RuntimeError(f"the simulation process exited unexpectedly (code {code})") from None
+                continue
+            if msg[0] == "error":
+                if msg[2]:
+                    log.error("simulation process failed:\n%s", msg[2])
+                    raise RuntimeError(msg[1])
+                raise GpurenderError(msg[1])
+            return msg
+
+    def loaded(self) -> tuple[list[tuple[Milestone, AgentInfo]], list[tuple[Path, str]], str]:
+        """-> (agents loaded, failures (path, reason), torch device)."""
+        _, loaded, failures, device = self.get()
+        return loaded, failures, device
+
+    def close(self) -> None:
+        self.stop.set()
+        while self.proc.is_alive():  # drain so a child blocked on a full queue can see the stop
+            try:
+                self.queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+            except (EOFError, OSError):
+                break
+            self.proc.join(0.05)
+        self.queue.close()
