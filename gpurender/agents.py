@@ -188,6 +188,9 @@ class Agent:
             raise GpurenderError(f"{self.path}: cannot load as an SB3 {self.algo} model ({reason})") from None
         self.observation_space, self.action_space = data["observation_space"], data["action_space"]
         self._check_spaces()
+        from stable_baselines3.common.preprocessing import is_image_space
+
+        self._normalize_images = bool(self.policy.normalize_images) and is_image_space(self.observation_space)
         self.n_actions = int(self.action_space.n)
         self.learning_rate = data["learning_rate_now"]
         self.num_timesteps = int(data.get("num_timesteps", 0))
@@ -285,22 +288,28 @@ class Agent:
     # -- inference -----------------------------------------------------------------------------
 
     def _forward_raw(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """-> probs, q_values, value: the ops of SB3's own methods (equal within float rounding)."""
+        """-> probs, q_values, value: the ops of SB3's own methods (equal within float rounding).
+
+        The observation is preprocessed once, as SB3's ``preprocess_obs`` does for these image
+        spaces (``obs.float() / 255``), and fed to the feature extractors directly: SB3's own
+        ``extract_features`` re-checks the space in Python on every call (a quarter of a batch-1
+        CNN forward on a small CPU)."""
         p = self.policy
+        x = obs.float() / 255.0 if self._normalize_images else obs.float()
         if self.algo in ("PPO", "A2C"):
-            features = p.extract_features(obs)
             if p.share_features_extractor:
-                latent_pi, latent_vf = p.mlp_extractor(features)
+                latent_pi, latent_vf = p.mlp_extractor(p.features_extractor(x))
             else:
-                latent_pi = p.mlp_extractor.forward_actor(features[0])
-                latent_vf = p.mlp_extractor.forward_critic(features[1])
+                latent_pi = p.mlp_extractor.forward_actor(p.pi_features_extractor(x))
+                latent_vf = p.mlp_extractor.forward_critic(p.vf_features_extractor(x))
             # SB3's CategoricalDistribution is Categorical(logits=action_net(latent)); its probs
             # are the softmax of those logits (without building and validating a distribution)
             return torch.softmax(p.action_net(latent_pi), dim=1), None, p.value_net(latent_vf).flatten()
-        if self.algo == "QRDQN":
-            q = p.quantile_net(obs).mean(dim=1)
-        else:
-            q = p.q_net(obs)
+        if self.algo == "QRDQN":  # QuantileNetwork.forward, then the mean over quantiles
+            net = p.quantile_net
+            q = net.quantile_net(net.features_extractor(x)).view(-1, net.n_quantiles, self.n_actions).mean(dim=1)
+        else:  # QNetwork.forward
+            q = p.q_net.q_net(p.q_net.features_extractor(x))
         return torch.softmax(q, dim=1), q, q.max(dim=1).values
 
     @torch.no_grad()

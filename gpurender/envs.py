@@ -271,7 +271,11 @@ class EnvPoolSource:
         else:
             lives = np.asarray(info["lives"])
         self._lives[ids] = lives
-        frames = np.ascontiguousarray(obs.transpose(0, 2, 3, 1))
+        # EnvPool's frames are channel-planar; cv2.merge interleaves a frame in ~7 us, where
+        # numpy's strided transpose copy takes ~180 us
+        frames = np.empty((len(obs), *obs.shape[2:], obs.shape[1]), np.uint8)
+        for frame, planes in zip(frames, obs, strict=True):
+            cv2.merge(list(planes), dst=frame)
         return frames, rew.astype(np.float32), term.astype(bool), trunc.astype(bool), lives.astype(np.int32)
 
     def lives_ids(self, ids: np.ndarray) -> np.ndarray:
