@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import functools
 import io
 import json
@@ -257,6 +258,15 @@ class Agent:
         self.layers = layers
         self.edge_weights = self._edge_weights([w for w, _ in pairs] + [head])
 
+    def twin(self) -> Agent:
+        """An independent copy (own modules, own activation taps) of this agent."""
+        twin = copy.deepcopy(self)
+        twin.__dict__.pop("model", None)
+        for i, tap in enumerate(twin._tap_modules):
+            tap._forward_hooks.clear()  # the copied hooks still fill the original's taps
+            tap.register_forward_hook(twin._hook(i))
+        return twin
+
     def _hook(self, i: int):
         def hook(_module: nn.Module, _inp: object, out: torch.Tensor) -> None:
             self._taps[i] = out
@@ -317,17 +327,20 @@ class Agent:
         """One forward over a batch of (B,4,84,84) uint8 observations."""
         obs_t = torch.as_tensor(obs, device=self.device)
         probs, q, value = self._forward_raw(obs_t)
-        if not self.stochastic:
-            actions = probs.argmax(dim=1)
-        elif q is None:
-            actions = torch.multinomial(probs, 1).squeeze(1)
-        else:  # DQN's own exploration: epsilon-greedy at the checkpoint's exploration rate
-            greedy = q.argmax(dim=1)
-            rand = torch.randint(0, self.n_actions, greedy.shape, device=self.device)
-            explore = torch.rand(greedy.shape, device=self.device) < self.exploration_rate
-            actions = torch.where(explore, rand, greedy)
         levels = self._node_means(obs_t, probs)
-        return AgentOutput(actions, probs, q, value, levels)
+        return AgentOutput(self._select(probs, q, self.exploration_rate), probs, q, value, levels)
+
+    def _select(self, probs: torch.Tensor, q: torch.Tensor | None, exploration: float | torch.Tensor) -> torch.Tensor:
+        """The executed actions: the most likely, or sampled as the algorithm explores
+        (``exploration``: DQN's epsilon, a float or one per row)."""
+        if not self.stochastic:
+            return probs.argmax(dim=-1)
+        if q is None:
+            return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
+        greedy = q.argmax(dim=-1)  # DQN's own exploration: epsilon-greedy at the checkpoint's rate
+        rand = torch.randint(0, self.n_actions, greedy.shape, device=self.device)
+        explore = torch.rand(greedy.shape, device=self.device) < exploration
+        return torch.where(explore, rand, greedy)
 
     def _node_means(self, obs: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """Raw node levels: per displayed node, the mean activation of the units it stands for.
@@ -354,20 +367,83 @@ class LevelNormaliser:
 
     Hidden and input layers are divided by the largest node level that layer has reached so far in
     this video (over all envs of the milestone), so brightness is stable and comparable within a
-    video; output nodes (probabilities) are shown as they are.
+    video; output nodes (probabilities) are shown as they are. ``stack=M``: one running maximum
+    per milestone of an :class:`AgentStack`, levels shaped (M, B, nodes).
     """
 
-    def __init__(self, node_counts: list[int]) -> None:
+    def __init__(self, node_counts: list[int], stack: int | None = None) -> None:
         self.n_scaled = sum(node_counts[:-1])  # every node but the output layer's
         self.layer_of_node = torch.as_tensor(np.repeat(np.arange(len(node_counts) - 1), node_counts[:-1]))
-        self.running = torch.zeros(len(node_counts) - 1)
+        layers = len(node_counts) - 1
+        self.running = torch.zeros(layers) if stack is None else torch.zeros(stack, layers)
 
     def __call__(self, levels: torch.Tensor) -> torch.Tensor:
         if self.running.device != levels.device:
             self.running = self.running.to(levels.device)
             self.layer_of_node = self.layer_of_node.to(levels.device)
-        scaled = levels[:, : self.n_scaled]
-        node_max = scaled.amax(dim=0)
-        self.running = self.running.scatter_reduce(0, self.layer_of_node, node_max, "amax")
-        out = torch.cat([scaled / self.running.clamp_min(1e-6)[self.layer_of_node], levels[:, self.n_scaled :]], dim=1)
-        return out.clamp_(0.0, 1.0)
+        scaled = levels[..., : self.n_scaled]
+        node_max = scaled.amax(dim=-2)  # over the envs
+        self.running = self.running.scatter_reduce(-1, self.layer_of_node.expand_as(node_max), node_max, "amax")
+        scale = self.running.clamp_min(1e-6)[..., self.layer_of_node].unsqueeze(-2)
+        return torch.cat([scaled / scale, levels[..., self.n_scaled :]], dim=-1).clamp_(0.0, 1.0)
+
+
+def stack_key(agent: Agent) -> tuple:
+    """Agents with equal keys can share one :class:`AgentStack` forward."""
+    params = tuple((name, tuple(p.shape), p.dtype) for name, p in agent.policy.named_parameters())
+    buffers = tuple((name, tuple(b.shape), b.dtype) for name, b in agent.policy.named_buffers())
+    return (agent.algo, type(agent.policy), agent.stochastic, str(agent.device), params, buffers)
+
+
+class _Forward(nn.Module):
+    """``Agent._forward_raw`` + node means as a module forward, for ``functional_call``."""
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__()
+        self.policy = agent.policy
+        self._agent = [agent]  # not a submodule
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        agent = self._agent[0]
+        probs, q, value = agent._forward_raw(obs)
+        levels = agent._node_means(obs, probs)
+        return (probs, value, levels) if q is None else (probs, value, levels, q)
+
+
+class AgentStack:
+    """Milestones of one architecture run as ONE forward: their weights stacked and one
+    network's forward mapped over them (``torch.func.vmap``: a grouped convolution, batched
+    matrix products). A batch-1 forward on a GPU is bound by kernel launches and Python, so M
+    milestones cost about one; the outputs equal each agent's own :meth:`Agent.act` within float
+    rounding (tested). On a CPU it is no faster (compute-bound), so the renderer stacks only on
+    CUDA by default."""
+
+    def __init__(self, agents: list[Agent]) -> None:
+        from torch.func import functional_call, stack_module_state, vmap
+
+        keys = {stack_key(a) for a in agents}
+        if len(keys) != 1:
+            raise ValueError("an AgentStack needs agents of one algorithm and architecture")
+        self.agents = agents
+        self.template = agents[0].twin()  # functional_call swaps weights into its modules
+        params, buffers = stack_module_state([a.policy for a in agents])
+        self._state = ({f"policy.{k}": v for k, v in params.items()}, {f"policy.{k}": v for k, v in buffers.items()})
+        module = _Forward(self.template)
+
+        def forward(p: dict, b: dict, obs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return functional_call(module, (p, b), (obs,))
+
+        self._forward = vmap(forward)
+        self._exploration = torch.tensor([a.exploration_rate for a in agents], device=agents[0].device)[:, None]
+
+    @property
+    def node_counts(self) -> list[int]:
+        return self.template.node_counts
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> AgentOutput:
+        """(M, B, 4, 84, 84) uint8, row m for agent m -> every field with a leading M axis."""
+        out = self._forward(*self._state, obs)
+        probs, value, levels = out[:3]
+        q = out[3] if len(out) > 3 else None
+        return AgentOutput(self.template._select(probs, q, self._exploration), probs, q, value, levels)

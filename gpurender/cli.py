@@ -115,7 +115,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         stats = {"frames": report.frames, "wall_seconds": report.wall_seconds, "fps": report.fps,
                  "first_frame_seconds": report.first_frame_seconds,
                  "stage_seconds": report.stage_seconds, "encoder": report.encoder,
-                 "renderer": report.renderer, "device": report.device}
+                 "renderer": report.renderer, "device": report.device,
+                 "forwards_per_step": report.forwards_per_step}
         args.stats_json.write_text(json.dumps(stats, indent=2) + "\n")
     if report.failures:
         return 1 if any(not v.skipped for v in report.videos) or report.videos else 2

@@ -60,6 +60,9 @@ class RenderReport:
     renderer: str = ""
     device: str = ""
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    forwards_per_step: int = 0
+    """Model forwards launched per env step: one per milestone, or fewer where milestones of one
+    architecture share a stacked forward (:class:`gpurender.agents.AgentStack`, on CUDA)."""
     first_frame_seconds: float | None = None
     """From the start of :func:`render` to the first frames drawn (checkpoints loaded, envs made,
     GL context and encoders open): the job's start-up."""
@@ -237,7 +240,7 @@ def render(cfg: RenderConfig, progress: bool = True, on_frame: Callable[[int], N
         try:
             report.encoder, _ = choose_encoder(cfg.encoder)
             with FrameRenderer() as renderer:
-                loaded, report.failures, report.device = sim.loaded()
+                loaded, report.failures, report.device, report.forwards_per_step = sim.loaded()
                 if loaded:
                     job = _Job(cfg, game, loaded, report.encoder, output_dir, sim, renderer)
                     try:

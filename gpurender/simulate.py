@@ -5,6 +5,7 @@ with it alone, and torch is imported there while the checkpoints are already bei
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -28,22 +29,48 @@ from gpurender.network import AgentInfo
 if TYPE_CHECKING:
     import torch
 
-    from gpurender.agents import Agent, LevelNormaliser
+    from gpurender.agents import Agent, AgentStack, LevelNormaliser
 
 log = logging.getLogger(__name__)
 
 
-def launch(agent: Agent, normaliser: LevelNormaliser, obs: torch.Tensor) -> torch.Tensor:
-    """One batched forward, left on the agent's device as one packed (n, width) float tensor:
-    action, value, probabilities, [Q-values], node levels. No host synchronisation here."""
+def launch(agent: Agent | AgentStack, normaliser: LevelNormaliser, obs: torch.Tensor) -> torch.Tensor:
+    """One batched forward, left on the agent's device as one packed (rows, width) float tensor:
+    action, value, probabilities, [Q-values], node levels; no host synchronisation here. An
+    :class:`~gpurender.agents.AgentStack` takes (M, B, ...) observations and gives M x B rows,
+    agent by agent."""
     import torch
 
     o = agent.act(obs)
-    parts = [o.actions.float()[:, None], o.value.float()[:, None], o.probs.float()]
+    parts = [o.actions.float()[..., None], o.value.float()[..., None], o.probs.float()]
     if o.q_values is not None:
         parts.append(o.q_values.float())
     parts.append(normaliser(o.levels).float())
-    return torch.cat(parts, dim=1)
+    packed = torch.cat(parts, dim=-1)
+    return packed.reshape(-1, packed.shape[-1])
+
+
+def stack_forwards(device: torch.device) -> bool:
+    """Whether milestones of one architecture share one stacked forward
+    (:class:`~gpurender.agents.AgentStack`): on CUDA, unless ``GPURENDER_STACK_FORWARD=0``
+    (``=1`` stacks on any device: for tests and for measuring both ways)."""
+    flag = os.environ.get("GPURENDER_STACK_FORWARD", "")
+    return flag == "1" or (flag != "0" and device.type == "cuda")
+
+
+def forward_units(agents: list[Agent], stack: bool) -> list[tuple[Agent | AgentStack, LevelNormaliser, int]]:
+    """(agent or stack of consecutive same-architecture agents, its normaliser, agents covered),
+    in agent order."""
+    from gpurender.agents import AgentStack, LevelNormaliser, stack_key
+
+    units = []
+    for _, group in itertools.groupby(agents, key=stack_key if stack else id):
+        group = list(group)
+        if len(group) == 1:
+            units.append((group[0], LevelNormaliser(group[0].node_counts), 1))
+        else:
+            units.append((AgentStack(group), LevelNormaliser(group[0].node_counts, stack=len(group)), len(group)))
+    return units
 
 
 def read_checkpoints(pool: ThreadPoolExecutor, milestones: Sequence[Milestone]) -> list[Future]:
@@ -96,7 +123,7 @@ def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], out
         reads = read_checkpoints(pool, milestones)  # decompressing while torch is imported
         import torch
 
-        from gpurender.agents import LevelNormaliser, pick_device
+        from gpurender.agents import pick_device
         from gpurender.envs import make_atari
 
         device = pick_device(cfg.device)
@@ -109,14 +136,13 @@ def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], out
         game = resolve_game(game_name)
         failures: list[tuple[Path, str]] = []
         loaded = load_agents(cfg, game, device, milestones, failures, reads)
-        out.put(("loaded", [(m, a.info) for m, a in loaded], failures, str(device)))
+        units = forward_units([a for _, a in loaded], stack_forwards(device))
+        out.put(("loaded", [(m, a.info) for m, a in loaded], failures, str(device), len(units)))
         if not loaded:
             return
         e_per = cfg.envs_per_milestone
         n_envs = len(loaded) * e_per
-        agents = [a for _, a in loaded]
-        norms = [LevelNormaliser(a.node_counts) for a in agents]
-        env = make_atari(game, [cfg.seed + e for _ in agents for e in range(e_per)], cfg.backend)
+        env = make_atari(game, [cfg.seed + e for _ in loaded for e in range(e_per)], cfg.backend)
         stages = dict.fromkeys(("infer", "env", "sim_blocked"), 0.0)
         returns: list[list[float]] = [[] for _ in range(n_envs)]
         scores = np.zeros(n_envs, np.float64)
@@ -126,8 +152,11 @@ def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], out
                 return
             t0 = time.perf_counter()
             obs = torch.from_numpy(step.obs).to(device, non_blocking=True)
-            packed = [launch(a, nrm, obs[i * e_per : (i + 1) * e_per])
-                      for i, (a, nrm) in enumerate(zip(agents, norms, strict=True))]
+            packed, first = [], 0
+            for unit, nrm, count in units:
+                rows = obs[first * e_per : (first + count) * e_per]
+                packed.append(launch(unit, nrm, rows if count == 1 else rows.view(count, e_per, *rows.shape[1:])))
+                first += count
             width = max(p.shape[1] for p in packed)
             host = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in packed]).cpu().numpy()
             t1 = time.perf_counter()
@@ -184,10 +213,10 @@ class SimulationProcess:
                 raise GpurenderError(msg[1])
             return msg
 
-    def loaded(self) -> tuple[list[tuple[Milestone, AgentInfo]], list[tuple[Path, str]], str]:
-        """-> (agents loaded, failures (path, reason), torch device)."""
-        _, loaded, failures, device = self.get()
-        return loaded, failures, device
+    def loaded(self) -> tuple[list[tuple[Milestone, AgentInfo]], list[tuple[Path, str]], str, int]:
+        """-> (agents loaded, failures (path, reason), torch device, forwards per step)."""
+        _, loaded, failures, device, forwards = self.get()
+        return loaded, failures, device, forwards
 
     def close(self) -> None:
         self.stop.set()

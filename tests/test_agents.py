@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpurender.agents import Agent, AgentOutput, LevelNormaliser, detect_algo
+from gpurender.agents import Agent, AgentOutput, AgentStack, LevelNormaliser, detect_algo
 from gpurender.errors import GpurenderError
 
 KINDS = ["ppo", "a2c", "ppo_separate", "dqn", "qrdqn"]
@@ -89,6 +89,49 @@ def test_act_accepts_tensor_and_numpy(kind, agents, obs):
     for x, y in zip(a, b, strict=True):
         if x is not None:
             torch.testing.assert_close(x, y, atol=0, rtol=0)
+
+
+def _other_weights(agent: Agent, scale: float) -> Agent:
+    """A second agent of the same architecture with different weights."""
+    other = agent.twin()
+    with torch.no_grad():
+        for p in other.policy.parameters():
+            p.mul_(scale)
+    return other
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_stacked_forward_equals_each_agents_own(kind, agents, obs):
+    """One vmapped forward over stacked weights gives every agent what its own act() gives
+    (row m = agent m; no rows swapped: the agents' weights differ), and the per-milestone level
+    normaliser of the stack matches one normaliser per agent, step after step."""
+    a = agents(kind)
+    group = [a, _other_weights(a, 1.1), _other_weights(a, 0.9)]
+    stack = AgentStack(group)
+    per_agent_norms = [LevelNormaliser(g.node_counts) for g in group]
+    stacked_norm = LevelNormaliser(a.node_counts, stack=len(group))
+    rng = np.random.default_rng(7)
+    for _step in range(3):
+        x = rng.integers(0, 256, (len(group), B, 4, 84, 84), dtype=np.uint8)
+        got = stack.act(torch.as_tensor(x))
+        levels = stacked_norm(got.levels)
+        for m, agent in enumerate(group):
+            want = agent.act(x[m])
+            for field in ("probs", "value", "levels", "q_values"):
+                w = getattr(want, field)
+                if w is None:
+                    assert getattr(got, field) is None
+                    continue
+                torch.testing.assert_close(getattr(got, field)[m], w, atol=1e-5, rtol=1e-5,
+                                           msg=lambda e, f=field: f"{f}: {e}")
+            assert torch.equal(got.actions[m], want.actions)
+            torch.testing.assert_close(levels[m], per_agent_norms[m](want.levels), atol=1e-5, rtol=0)
+    assert not torch.allclose(got.probs[0], got.probs[1])  # the weights really differ
+
+
+def test_stack_refuses_mixed_architectures(agents):
+    with pytest.raises(ValueError, match="architecture"):
+        AgentStack([agents("ppo"), agents("dqn")])
 
 
 @pytest.mark.parametrize("kind", KINDS)

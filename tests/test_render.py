@@ -478,3 +478,38 @@ def test_gpu_branch_of_the_pipeline_matches_the_software_branch(ppo_checkpoint, 
     for i, (x, y) in enumerate(zip(a, b, strict=True)):
         diff = np.abs(x.astype(np.int16) - y.astype(np.int16))
         assert diff.max() <= 2, f"frame {i}: the two branches differ by up to {diff.max()}"
+
+
+def test_stacked_forward_renders_what_per_milestone_forwards_render(ppo_checkpoint, tmp_path, monkeypatch):
+    """Two milestones of one architecture (different weights) through the simulation process with
+    one stacked forward per step (what CUDA runs) and with one forward per milestone (the CPU
+    default): the same videos, frame for frame, up to the float rounding of the two forwards."""
+    import torch
+    from stable_baselines3 import PPO
+
+    from gpurender.pipeline import render
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(ppo_checkpoint, run / "pct_10.zip")
+    model = PPO.load(ppo_checkpoint, device="cpu")
+    with torch.no_grad():
+        for p in model.policy.parameters():
+            p.mul_(1.1)
+    model.save(run / "pct_50.zip")
+    cfg = RenderConfig(model_dir=(run,), output_dir=tmp_path / "per", clip_seconds=0.5, fps=30, seed=0,
+                       device="cpu", encoder="x264", crf=0)
+    monkeypatch.setenv("GPURENDER_STACK_FORWARD", "0")
+    per_milestone = render(cfg, progress=False)
+    monkeypatch.setenv("GPURENDER_STACK_FORWARD", "1")
+    stacked = render(replace(cfg, output_dir=tmp_path / "stacked"), progress=False)
+    assert (per_milestone.forwards_per_step, stacked.forwards_per_step) == (2, 1)
+    for v1, v2 in zip(per_milestone.videos, stacked.videos, strict=True):
+        assert v1.path.name == v2.path.name
+        a, b = decode(v1.path).frames, decode(v2.path).frames
+        assert len(a) == len(b) == 15
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            diff = np.abs(x.astype(np.int16) - y.astype(np.int16))
+            assert diff.max() <= 1, f"{v1.path.name} frame {i}: differs by up to {diff.max()}"
+    first = [decode(v.path).frames[-1] for v in stacked.videos]
+    assert not np.array_equal(first[0][:540, :480], first[1][:540, :480])  # two different agents' panels
