@@ -10,6 +10,7 @@ as RGBA instead and the encoder threads convert them (:class:`gpurender.encode.I
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import moderngl
@@ -46,23 +47,27 @@ class _LayoutGPU:
     counts: dict[str, int]
 
 
-def _copy_image_fn(ctx: moderngl.Context):
-    """``glCopyImageSubData`` (GL 4.3) through EGL, or None. ModernGL has no texture-to-texture
-    region copy; on llvmpipe this one is a memcpy (0.25 ms per panel, where clearing the same
-    area costs 0.85 ms and drawing it several ms)."""
-    if ctx.version_code < 430:
-        return None
+def _gl_function(name: str, *argtypes: type) -> Callable[..., None] | None:
+    """A GL entry point of the current EGL context as a ctypes function that RELEASES the GIL
+    while it runs (ModernGL's calls hold it), or None where EGL has no such function."""
     try:
         egl = ctypes.CDLL("libEGL.so.1")
     except OSError:
         return None
     egl.eglGetProcAddress.restype = ctypes.c_void_p
     egl.eglGetProcAddress.argtypes = [ctypes.c_char_p]
-    addr = egl.eglGetProcAddress(b"glCopyImageSubData")
-    if not addr:
+    addr = egl.eglGetProcAddress(name.encode())
+    return ctypes.CFUNCTYPE(None, *argtypes)(addr) if addr else None
+
+
+def _copy_image_fn(ctx: moderngl.Context) -> Callable[..., None] | None:
+    """``glCopyImageSubData`` (GL 4.3) through EGL, or None. ModernGL has no texture-to-texture
+    region copy; on llvmpipe this one is a memcpy (0.25 ms per panel, where clearing the same
+    area costs 0.85 ms and drawing it several ms)."""
+    if ctx.version_code < 430:
         return None
     args = [ctypes.c_uint, ctypes.c_uint, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int] * 2
-    return ctypes.CFUNCTYPE(None, *args, ctypes.c_int, ctypes.c_int, ctypes.c_int)(addr)
+    return _gl_function("glCopyImageSubData", *args, ctypes.c_int, ctypes.c_int, ctypes.c_int)
 
 
 class FrameRenderer:
@@ -102,6 +107,10 @@ class FrameRenderer:
         # that is copied into each tile (an own EGL context is needed for the copy function);
         # otherwise they are drawn with every frame. Same pixels either way (tested).
         self._copy_image = _copy_image_fn(self.ctx) if self._own_ctx else None
+        # Waiting for the rasteriser without the GIL: on llvmpipe a pass renders for tens of ms,
+        # and ModernGL's own finish/read would hold the GIL all that time, stalling the encoder
+        # threads (their OpenCV and FFmpeg calls need it between frames)
+        self._gl_finish = _gl_function("glFinish") if self._own_ctx else None
         self._panels: dict[tuple, moderngl.Texture] = {}
         self._scratch: moderngl.Framebuffer | None = None
         fonts = [(f.origin_y, f.cell_w, f.cell_h, 0.0) for f in self.atlas.fonts.values()]
@@ -275,6 +284,13 @@ class FrameRenderer:
                         BLEND_OVER)
         ctx.disable(moderngl.BLEND)
 
+    def finish(self) -> None:
+        """Wait until every GL command issued so far is done, letting other Python threads run."""
+        if self._gl_finish is not None:
+            self._gl_finish()
+        else:
+            self.ctx.finish()
+
     def read_yuv(self, n: int) -> np.ndarray:
         """Convert tiles ``0..n-1`` to I420 on the GPU and read them: (n, 810, 960) uint8."""
         self.fbo_yuv.use()
@@ -284,11 +300,13 @@ class FrameRenderer:
         self.s_rgb_linear.use(UNIT_RGB)
         self.vaos["chroma"].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=4 * n)
         self.s_rgb_linear.clear(UNIT_RGB)
+        self.finish()
         data = self.fbo_yuv.read(viewport=(0, 0, FRAME_W, YUV_ROWS * n), components=1, alignment=1)
         return np.frombuffer(data, np.uint8).reshape(n, YUV_ROWS, FRAME_W)
 
     def read_panels(self, n: int) -> np.ndarray:
         """The left (analytics) half of tiles ``0..n-1``: (n, 540, 480, 4) uint8 RGBA."""
+        self.finish()
         data = self.fbo_rgb.read(viewport=(0, 0, PANEL_W, FRAME_H * n), components=4, alignment=1)
         return np.frombuffer(data, np.uint8).reshape(n, FRAME_H, PANEL_W, 4)
 
