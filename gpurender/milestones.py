@@ -154,9 +154,9 @@ def find_milestones(sources: Sequence[str | Path], select: Iterable[str] | None 
 
 
 def read_checkpoint(path: Path, policy: bool = True) -> tuple[str, bytes]:
-    """The two members an :class:`gpurender.agents.Agent` needs, decompressed: (``data`` JSON, ``policy.pth``
-    bytes, or b"" with ``policy=False``). zipfile checks each member's CRC as it reads it, so a
-    damaged member fails here with a one-line reason."""
+    """The two members a :class:`gpurender.agents.Agent` needs, decompressed: (``data`` JSON,
+    ``policy.pth`` bytes, or b"" with ``policy=False``). zipfile checks each member's CRC as it
+    reads it, so a damaged member fails here with a one-line reason."""
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf:

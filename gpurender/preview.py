@@ -60,11 +60,11 @@ from gpurender.errors import GpurenderError
 from gpurender.games import resolve_game
 from gpurender.milestones import find_milestones
 from gpurender.pipeline import MilestonePanel
-from gpurender.simulate import load_agents
 from gpurender.render import FrameRenderer
 from gpurender.render.layout import CYAN, DIM, FRAME_H, FRAME_W, WHITE, YELLOW, Items
 from gpurender.render.renderer import BLEND_OVER, UNIT_ATLAS, UNIT_CHARS
 from gpurender.render.shaders import load_program
+from gpurender.simulate import load_agents
 
 log = logging.getLogger(__name__)
 

@@ -146,17 +146,17 @@ def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], out
         stages = dict.fromkeys(("infer", "env", "sim_blocked"), 0.0)
         returns: list[list[float]] = [[] for _ in range(n_envs)]
         scores = np.zeros(n_envs, np.float64)
+        # each unit's observations: its agents' envs, (M, envs, ...) for a stack
+        bounds = np.cumsum([0] + [count for _, _, count in units]) * e_per
+        spans = [(unit, nrm, slice(int(a), int(b)), (count, e_per) if count > 1 else (e_per,))
+                 for (unit, nrm, count), a, b in zip(units, bounds[:-1], bounds[1:], strict=True)]
         step = env.reset()
         for t in range(cfg.frames):
             if stop.is_set():
                 return
             t0 = time.perf_counter()
             obs = torch.from_numpy(step.obs).to(device, non_blocking=True)
-            packed, first = [], 0
-            for unit, nrm, count in units:
-                rows = obs[first * e_per : (first + count) * e_per]
-                packed.append(launch(unit, nrm, rows if count == 1 else rows.view(count, e_per, *rows.shape[1:])))
-                first += count
+            packed = [launch(unit, nrm, obs[rows].view(*lead, *obs.shape[1:])) for unit, nrm, rows, lead in spans]
             width = max(p.shape[1] for p in packed)
             host = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in packed]).cpu().numpy()
             t1 = time.perf_counter()
