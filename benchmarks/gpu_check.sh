@@ -2,17 +2,24 @@
 # One device-machine session (see ../.library/device): GPU tests + end-to-end figures on an
 # NVIDIA GPU. Expects the carried .gl/ (EGL/GL loader debs) and .gpusite/gpusite.tar.xz
 # (cp312 wheels unpacked: envpool 1.2.7 trimmed to Atari, SB3, gymnasium, ale-py, moderngl, av).
+# Usage: bash benchmarks/gpu_check.sh NAME [SECONDS]  -> $OUT/{gpu.txt,pytest.txt,e2e.txt,dmon.txt,*.json}
+# Order is by priority (a run cut short by its limit still returns what finished): tests, then
+# 16 milestones (the stacked forward: default on CUDA), 1 and 4, then 16 without the stack
+# (PER_MILESTONE=0 skips it).
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-export __EGL_VENDOR_LIBRARY_FILENAMES=${__EGL_VENDOR_LIBRARY_FILENAMES:-/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json}
-tar -C /tmp -xJf .gpusite/gpusite.tar.xz
-rm -rf /tmp/site/envpool_assets /tmp/site/envpool_assets-*.dist-info
-[ -f .gpusite/extra.tar.gz ] && tar -C /tmp -xzf .gpusite/extra.tar.gz
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+NAME=${1:-nvidia}
+SECONDS_PER_CLIP=${2:-30}
+. "$(dirname "$0")/gpu_setup.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 lscpu | grep -E "Model name|^CPU\(s\)" | tee -a "$OUT/gpu.txt"
-python3 -m gpurender info 2>&1 | grep -v -E "A.L.E|Stella" | tee -a "$OUT/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_agents.py -x 2>&1 | tail -5 | tee "$OUT/pytest.txt"
-python3 benchmarks/gpu_e2e.py "${@}" 2>&1 | grep -v -E "A.L.E|Stella" | tee "$OUT/e2e.txt"
-cp benchmarks/results/gpu-*.json "$OUT/" 2>/dev/null || true
+python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
+python3 -m gpurender info 2>&1 | quiet | tee -a "$OUT/gpu.txt"
+nvidia-smi dmon -s u -d 1 >"$OUT/dmon.txt" 2>&1 &
+python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_agents.py 2>&1 | tail -8 | tee "$OUT/pytest.txt"
+e2e() { python3 benchmarks/gpu_e2e.py "$@" 2>&1 | quiet | tee -a "$OUT/e2e.txt"; }
+e2e --milestones 16 --seconds "$SECONDS_PER_CLIP" --name "$NAME-16-stacked"
+e2e --milestones 1,4 --seconds "$SECONDS_PER_CLIP" --name "$NAME-1-4"
+[ "${PER_MILESTONE:-1}" = 1 ] && GPURENDER_STACK_FORWARD=0 e2e --milestones 16 --seconds "$SECONDS_PER_CLIP" \
+  --name "$NAME-16-per-milestone"
+kill %1 2>/dev/null
+cp benchmarks/results/gpu-"$NAME"-*.json "$OUT/" 2>/dev/null || true

@@ -53,12 +53,20 @@ def run(n: int, seconds: float, extra: list[str]) -> dict:
             print(proc.stdout[-2000:], proc.stderr[-4000:])
             raise SystemExit(f"render failed ({proc.returncode})")
         m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+        cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", proc.stderr))
         frames = round(n * seconds * 30)
         summary = [line for line in proc.stdout.splitlines() if "frames/s" in line]
-        split = json.loads(stats.read_text()).get("stage_seconds", {}) if stats.exists() else {}
+        report = json.loads(stats.read_text()) if stats.exists() else {}
+        split = report.get("stage_seconds", {})
         return {"milestones": n, "seconds": seconds, "frames": frames, "wall_s": round(wall, 2),
                 "fps": round(frames / wall, 1), "realtime_x": round(n * seconds / wall, 1),
                 "peak_rss_mib": round(int(m.group(1)) / 1024) if m else None,
+                "cpu_seconds": round(cpu, 1) if m else None,
+                "first_frame_s": report.get("first_frame_seconds"),
+                "forwards_per_step": report.get("forwards_per_step"),
+                "renderer": report.get("renderer"), "encoder": report.get("encoder"),
+                "device": report.get("device"),
+                "env": {k: v for k, v in os.environ.items() if k.startswith("GPURENDER_")},
                 "stage_seconds": {k: round(v, 2) for k, v in split.items()},
                 "summary": summary[-1] if summary else ""}
 
@@ -75,7 +83,9 @@ def main() -> None:
         r = run(n, args.seconds, args.extra)
         results.append(r)
         print(f"gpurender {n}x{round(args.seconds * 30)} frames: {r['fps']} fps "
-              f"({r['realtime_x']}x real time), peak RSS {r['peak_rss_mib']} MiB, stages {r['stage_seconds']} "
+              f"({r['realtime_x']}x real time), first frame {r['first_frame_s']} s, forwards/step "
+              f"{r['forwards_per_step']}, CPU {r['cpu_seconds']} s, peak RSS {r['peak_rss_mib']} MiB, "
+              f"stages {r['stage_seconds']} "
               f"| {r['summary']}", flush=True)
     out = Path(__file__).resolve().parent / "results" / f"gpu-{args.name}.json"
     out.parent.mkdir(exist_ok=True)

@@ -114,9 +114,49 @@ def _read_threads(milestones: Sequence[Milestone]) -> int:
     return max(1, min(len(milestones), os.cpu_count() or 1))
 
 
+SCREEN_SHAPE = (210, 160, 3)  # every ALE game's screen
+
+
+class ScreenRing:
+    """The steps' game screens, handed from the simulation process to the drawing process in
+    shared memory: slot ``t % slots`` holds step ``t``'s (envs, 210, 160, 3) screens. The queue
+    carries only the small per-step arrays: 1.6 MB of screens per step (16 milestones) pickled
+    through the queue's pipe cost ~12 ms a step (the child's feeder thread re-takes the GIL for
+    every 64 KB the pipe takes), more than the drawing itself on a GPU.
+
+    Steps are produced and consumed in order, so ``free`` (a semaphore of ``slots``) is all the
+    bookkeeping: the producer takes one before it writes a slot, the consumer gives it back once
+    it has copied the slot out."""
+
+    def __init__(self, ctx: mp.context.BaseContext, slots: int, envs: int) -> None:
+        self.slots, self.envs = slots, envs
+        self.buffer = ctx.RawArray("B", slots * envs * int(np.prod(SCREEN_SHAPE)))
+        self.free = ctx.Semaphore(slots)
+
+    def slot(self, t: int) -> np.ndarray:
+        """Step ``t``'s slot, (envs, 210, 160, 3) uint8, a view of the shared memory."""
+        view = np.frombuffer(self.buffer, np.uint8).reshape(self.slots, self.envs, *SCREEN_SHAPE)
+        return view[t % self.slots]
+
+    def put(self, t: int, screens: np.ndarray, stop: mp.Event) -> bool:
+        """Write step ``t``'s screens once its slot is free; False if ``stop`` was set first."""
+        while not self.free.acquire(timeout=0.1):
+            if stop.is_set():
+                return False
+        self.slot(t)[: len(screens)] = screens
+        return True
+
+    def take(self, t: int, envs: int) -> np.ndarray:
+        """A copy of step ``t``'s screens (its first ``envs``); the slot is free again after."""
+        screens = self.slot(t)[:envs].copy()
+        self.free.release()
+        return screens
+
+
 def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], out: mp.Queue,
-             stop: mp.Event) -> None:
-    """Child process: load the agents, report them, then stream one message per step."""
+             stop: mp.Event, ring: ScreenRing) -> None:
+    """Child process: load the agents, report them, then stream one message per step (its
+    screens go through ``ring``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     pool = ThreadPoolExecutor(max_workers=_read_threads(milestones))
     try:
@@ -161,7 +201,9 @@ def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], out
             host = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in packed]).cpu().numpy()
             t1 = time.perf_counter()
             stages["infer"] += t1 - t0
-            out.put(("step", t, step.screens, host, scores.copy(), step.lives))
+            if not ring.put(t, step.screens, stop):
+                return
+            out.put(("step", t, host, scores.copy(), step.lives))
             t2 = time.perf_counter()
             stages["sim_blocked"] += t2 - t1
             if t + 1 == cfg.frames:
@@ -189,10 +231,14 @@ class SimulationProcess:
         ctx = mp.get_context("spawn")
         # the drawer takes up to 16 frames (tiles) per pass: room for two passes' worth of steps,
         # so memory stays bounded by the number of envs, never by the clip's length
-        steps_per_pass = max(1, 16 // max(1, len(milestones) * cfg.envs_per_milestone))
-        self.queue: mp.Queue = ctx.Queue(maxsize=max(4, 2 * steps_per_pass))
+        envs = len(milestones) * cfg.envs_per_milestone
+        steps_per_pass = max(1, 16 // max(1, envs))
+        depth = max(4, 2 * steps_per_pass)
+        self.queue: mp.Queue = ctx.Queue(maxsize=depth)
+        # a slot for each queued step, the one being copied out and the one being written
+        self.ring = ScreenRing(ctx, depth + 2, envs)
         self.stop = ctx.Event()
-        self.proc = ctx.Process(target=simulate, args=(cfg, game.name, milestones, self.queue, self.stop),
+        self.proc = ctx.Process(target=simulate, args=(cfg, game.name, milestones, self.queue, self.stop, self.ring),
                                 name="gpurender-simulate", daemon=True)
         self.proc.start()
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Device machine: py-spy samples of one `gpurender render` of N demo milestones (collapsed
+# stacks per thread, every process): where the time goes, and who holds the GIL.
+# Usage: bash benchmarks/gpu_profile.sh [MILESTONES] [SECONDS] -> $OUT/{active,gil}.txt, stats json
+set -uo pipefail
+. "$(dirname "$0")/gpu_setup.sh"
+N=${1:-16}; S=${2:-20}
+python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import gpu_e2e; \
+Path('/tmp/ck').mkdir(); gpu_e2e.make_checkpoints(Path('/tmp/ck'), $N)"
+/tmp/py-spy record -r 250 --threads --subprocesses --format raw -o "$OUT/active.txt" -- \
+  python3 -m gpurender render --model-dir /tmp/ck --output-dir /tmp/vid --clip-seconds "$S" --quiet --force \
+  --stats-json "$OUT/stats-active.json" 2>&1 | quiet | tail -3
+/tmp/py-spy record -r 250 --threads --subprocesses --gil --format raw -o "$OUT/gil.txt" -- \
+  python3 -m gpurender render --model-dir /tmp/ck --output-dir /tmp/vid --clip-seconds "$S" --quiet --force \
+  --stats-json "$OUT/stats-gil.json" 2>&1 | quiet | tail -3
+cat "$OUT"/stats-*.json
