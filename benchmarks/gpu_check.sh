@@ -5,7 +5,7 @@
 # Usage: bash benchmarks/gpu_check.sh NAME [SECONDS]  -> $OUT/{gpu.txt,pytest.txt,e2e.txt,dmon.txt,*.json}
 # Order is by priority (a run cut short by its limit still returns what finished): tests, then
 # 16 milestones (the stacked forward: default on CUDA), 1 and 4, then 16 without the stack
-# (PER_MILESTONE=0 skips it).
+# (PER_MILESTONE=0 skips it). BASELINE=DIR: 16 milestones with DIR's gpurender too, right after ours.
 set -uo pipefail
 NAME=${1:-nvidia}
 SECONDS_PER_CLIP=${2:-30}
@@ -18,6 +18,9 @@ nvidia-smi dmon -s u -d 1 >"$OUT/dmon.txt" 2>&1 &
 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_agents.py 2>&1 | tail -8 | tee "$OUT/pytest.txt"
 e2e() { python3 benchmarks/gpu_e2e.py "$@" 2>&1 | quiet | tee -a "$OUT/e2e.txt"; }
 e2e --milestones 16 --seconds "$SECONDS_PER_CLIP" --name "$NAME-16-stacked"
+if [ -n "${BASELINE:-}" ]; then  # another checkout's gpurender/ + shaders/ (e.g. git archive of an older commit)
+  PYTHONPATH=/tmp/site:$PWD/$BASELINE e2e --milestones 16 --seconds "$SECONDS_PER_CLIP" --name "$NAME-16-baseline"
+fi
 e2e --milestones 1,4 --seconds "$SECONDS_PER_CLIP" --name "$NAME-1-4"
 [ "${PER_MILESTONE:-1}" = 1 ] && GPURENDER_STACK_FORWARD=0 e2e --milestones 16 --seconds "$SECONDS_PER_CLIP" \
   --name "$NAME-16-per-milestone"
