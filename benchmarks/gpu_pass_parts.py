@@ -5,6 +5,7 @@ glFinish so its time is its own. Median of repeated passes, milliseconds per pas
 
 from __future__ import annotations
 
+import ctypes
 import json
 import statistics
 import sys
@@ -18,7 +19,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_stages import stage_setup
 
-from gpurender.render.renderer import FRAME_W, UNIT_RGB, YUV_ROWS, _readback_buffer
+from gpurender.render.renderer import FRAME_W, UNIT_RGB, YUV_ROWS, _gl_function
+
+GL_PIXEL_PACK_BUFFER, GL_STREAM_READ = 0x88EB, 0x88E1
+
+
+def _readback_buffer(ctx: moderngl.Context, size: int) -> moderngl.Buffer:
+    """A pixel-pack buffer re-declared ``GL_STREAM_READ`` (ModernGL declares every buffer for
+    drawing), the usage hint for read-back buffers."""
+    buf = ctx.buffer(reserve=size, dynamic=True)
+    bind = _gl_function("glBindBuffer", ctypes.c_uint, ctypes.c_uint)
+    data = _gl_function("glBufferData", ctypes.c_uint, ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_uint)
+    if bind is not None and data is not None:
+        bind(GL_PIXEL_PACK_BUFFER, buf.glo)
+        data(GL_PIXEL_PACK_BUFFER, size, None, GL_STREAM_READ)
+        bind(GL_PIXEL_PACK_BUFFER, 0)
+    return buf
 
 
 def main() -> None:

@@ -37,7 +37,6 @@ UNIT_VALUES, UNIT_ITEMS, UNIT_CHARS, UNIT_ATLAS, UNIT_SCREENS, UNIT_RGB = range(
 
 
 GL_TEXTURE_2D = 0x0DE1
-GL_PIXEL_PACK_BUFFER, GL_STREAM_READ = 0x88EB, 0x88E1
 BLEND_OVER = (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA)
 
 
@@ -59,20 +58,6 @@ def _gl_function(name: str, *argtypes: type) -> Callable[..., None] | None:
     egl.eglGetProcAddress.argtypes = [ctypes.c_char_p]
     addr = egl.eglGetProcAddress(name.encode())
     return ctypes.CFUNCTYPE(None, *argtypes)(addr) if addr else None
-
-
-def _readback_buffer(ctx: moderngl.Context, size: int) -> moderngl.Buffer:
-    """A pixel-pack buffer for :meth:`FrameRenderer.read_yuv`, declared ``GL_STREAM_READ`` where
-    EGL gives the functions (ModernGL declares every buffer for drawing): NVIDIA then keeps it
-    in host memory that the GPU writes by DMA, and mapping it is a plain memory copy."""
-    buf = ctx.buffer(reserve=size, dynamic=True)
-    bind = _gl_function("glBindBuffer", ctypes.c_uint, ctypes.c_uint)
-    data = _gl_function("glBufferData", ctypes.c_uint, ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_uint)
-    if bind is not None and data is not None:
-        bind(GL_PIXEL_PACK_BUFFER, buf.glo)
-        data(GL_PIXEL_PACK_BUFFER, size, None, GL_STREAM_READ)
-        bind(GL_PIXEL_PACK_BUFFER, 0)
-    return buf
 
 
 def _copy_image_fn(ctx: moderngl.Context) -> Callable[..., None] | None:
@@ -128,7 +113,6 @@ class FrameRenderer:
         self._gl_finish = _gl_function("glFinish") if self._own_ctx else None
         self._panels: dict[tuple, moderngl.Texture] = {}
         self._scratch: moderngl.Framebuffer | None = None
-        self._pbo: moderngl.Buffer | None = None  # read_yuv's, made on first use
         fonts = [(f.origin_y, f.cell_w, f.cell_h, 0.0) for f in self.atlas.fonts.values()]
         fonts += [(0.0, 0.0, 0.0, 0.0)] * (8 - len(fonts))
         self.programs["text"]["u_fonts"].value = fonts
@@ -316,14 +300,11 @@ class FrameRenderer:
         self.s_rgb_linear.use(UNIT_RGB)
         self.vaos["chroma"].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=4 * n)
         self.s_rgb_linear.clear(UNIT_RGB)
-        # through a pixel-pack buffer: NVIDIA's glReadPixels into the process's own memory moved
-        # ~1.4 GB/s (8.7 ms a 16-frame pass on an H100, profiled); into a buffer it is a DMA
-        if self._pbo is None:
-            self._pbo = _readback_buffer(self.ctx, FRAME_W * YUV_ROWS * self.max_tiles)
-        self.fbo_yuv.read_into(self._pbo, viewport=(0, 0, FRAME_W, YUV_ROWS * n), components=1, alignment=1)
         self.finish()
+        # straight into an array: on an H100 1.0 ms a 16-frame pass, where ModernGL's read into
+        # new bytes took 1.5 and a pixel-pack buffer 1.3 (benchmarks/gpu_pass_parts.py)
         frames = np.empty((n, YUV_ROWS, FRAME_W), np.uint8)
-        self._pbo.read_into(frames, size=frames.nbytes)
+        self.fbo_yuv.read_into(frames, viewport=(0, 0, FRAME_W, YUV_ROWS * n), components=1, alignment=1)
         return frames
 
     def read_panels(self, n: int) -> np.ndarray:
@@ -347,8 +328,6 @@ class FrameRenderer:
             tex.release()
         if self._scratch is not None:
             self._scratch.release()
-        if self._pbo is not None:
-            self._pbo.release()
         self.s_rgb_linear.release()
         self.fbo_rgb.release()
         self.fbo_yuv.release()
