@@ -138,8 +138,8 @@ def test_rerun_skips_then_force_with_yaml_config_rerenders(first_render, run_dir
 # Ctrl-C
 
 
-def test_interrupt_leaves_no_partial_or_final_video(run_dir: Path, tmp_path: Path):
-    out = tmp_path / "videos"
+def _interrupted_render(run_dir: Path, out: Path, interrupt) -> subprocess.CompletedProcess:
+    """A 60 s render into ``out``, ``interrupt(proc)`` called once its first partial video exists."""
     proc = start_cli("render", "--model-dir", run_dir / "pct_10.zip", "--output-dir", out, "--clip-seconds", "60",
                      "--device", "cpu", "--quiet")
     try:
@@ -148,39 +148,36 @@ def test_interrupt_leaves_no_partial_or_final_video(run_dir: Path, tmp_path: Pat
             assert proc.poll() is None, "render ended before writing anything"
             assert time.monotonic() < deadline, "no partial video appeared"
             time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
+        interrupt(proc)
     finally:
         done = wait_cli(proc, timeout=120)
+    assert not list(out.glob("*_analytics.mp4")) and not list(out.glob("*.json"))
+    _no_partials(out)
+    return done
+
+
+def test_interrupt_leaves_no_partial_or_final_video(run_dir: Path, tmp_path: Path):
+    done = _interrupted_render(run_dir, tmp_path / "videos", lambda proc: proc.send_signal(signal.SIGINT))
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert "interrupted" in done.stderr
-    assert not list(out.glob("*_analytics.mp4")) and not list(out.glob("*.json"))
-    _no_partials(out)
 
 
 def test_simulation_process_killed_is_one_line_error(run_dir: Path, tmp_path: Path):
     """The child that steps the envs dies mid-run (the OOM killer, say): a one-line error, a
     non-zero exit, nothing half-written left behind."""
     psutil = pytest.importorskip("psutil")
-    out = tmp_path / "videos"
-    proc = start_cli("render", "--model-dir", run_dir / "pct_10.zip", "--output-dir", out, "--clip-seconds", "60",
-                     "--device", "cpu", "--quiet")
-    try:
-        deadline = time.monotonic() + 180
-        while not (out.is_dir() and any("partial" in p.name for p in out.iterdir())):
-            assert proc.poll() is None, "render ended before writing anything"
-            assert time.monotonic() < deadline, "no partial video appeared"
-            time.sleep(0.02)
-        sim = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
-        assert len(sim) == 1, [c.cmdline() for c in psutil.Process(proc.pid).children()]
+
+    def kill_simulation(proc: subprocess.Popen) -> None:
+        children = psutil.Process(proc.pid).children()
+        sim = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+        assert len(sim) == 1, [c.cmdline() for c in children]
         sim[0].kill()
-    finally:
-        done = wait_cli(proc, timeout=120)
+
+    done = _interrupted_render(run_dir, tmp_path / "videos", kill_simulation)
     assert done.returncode == 2, done.stderr
     assert message_lines(done.stderr) == ["gpurender: error: the simulation process died (killed by SIGKILL; "
                                           "out of memory?)"], done.stderr
-    assert not list(out.glob("*_analytics.mp4")) and not list(out.glob("*.json"))
-    _no_partials(out)
 
 
 # ---------------------------------------------------------------------------------------------
