@@ -71,13 +71,45 @@ def run(n: int, seconds: float, extra: list[str]) -> dict:
                 "summary": summary[-1] if summary else ""}
 
 
+def plot(path: Path, series: list[str]) -> None:
+    """frames/s against milestones, one line per ``LABEL=a.json,b.json`` (their results merged)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    xs = set()
+    for spec in series:
+        label, _, files = spec.partition("=")
+        rows = sorted((r for f in files.split(",") for r in json.loads(Path(f).read_text())["results"]),
+                      key=lambda r: r["milestones"])
+        xs |= {r["milestones"] for r in rows}
+        ax.plot([r["milestones"] for r in rows], [r["fps"] for r in rows], "o-", label=label)
+    ax.set_ylim(bottom=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(xs), [str(x) for x in sorted(xs)])
+    ax.set_xlabel("milestones rendered together (30 s clips, whole command)")
+    ax.set_ylabel("frames of finished video per second")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--plot", type=Path, metavar="PNG",
+                   help="plot earlier results instead: the extra arguments are LABEL=a.json,b.json series")
     p.add_argument("--milestones", default="1,4,16")
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--name", default=platform.node() or "gpu")
     p.add_argument("extra", nargs="*", help="extra flags for gpurender render")
     args = p.parse_args()
+    if args.plot:
+        plot(args.plot, args.extra)
+        return
     results = []
     for n in (int(x) for x in args.milestones.split(",")):
         r = run(n, args.seconds, args.extra)
