@@ -396,7 +396,8 @@ def markdown(result: dict, stage_rows: list) -> str:
     return "\n".join(out)
 
 
-def plot(runs: list[Run], path: Path, title: str) -> bool:
+def plot_fps(series: list[tuple[str, str, list[tuple[int, float]]]], path: Path, title: str) -> bool:
+    """frames/s against milestones, one line per (label, matplotlib style, [(milestones, fps)])."""
     try:
         import matplotlib
 
@@ -406,23 +407,28 @@ def plot(runs: list[Run], path: Path, title: str) -> bool:
         print("matplotlib not installed (pip install -e '.[bench]'): no plot", flush=True)
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for tool, style in (("gpurender", "o-"), ("baseline", "s--")):
-        mine = sorted((r for r in runs if r.tool == tool and r.ok), key=lambda r: r.milestones)
-        if mine:
-            ax.plot([r.milestones for r in mine], [r.fps for r in mine], style, label=tool)
+    for label, style, points in series:
+        points = sorted(points)
+        ax.plot([m for m, _ in points], [fps for _, fps in points], style, label=label)
     ax.set_ylim(bottom=0)
     ax.set_xscale("log", base=2)
-    xs = sorted({r.milestones for r in runs})
+    xs = sorted({m for _, _, points in series for m, _ in points})
     ax.set_xticks(xs, [str(x) for x in xs])
     ax.set_xlabel("milestones rendered together")
     ax.set_ylabel("frames of finished video per second")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return True
+
+
+def plot(runs: list[Run], path: Path, title: str) -> bool:
+    series = [(tool, style, [(r.milestones, r.fps) for r in runs if r.tool == tool and r.ok])
+              for tool, style in (("gpurender", "o-"), ("baseline", "s--"))]
+    return plot_fps([s for s in series if s[2]], path, title)
 
 
 # -- main --------------------------------------------------------------------------------------

@@ -73,29 +73,15 @@ def run(n: int, seconds: float, extra: list[str]) -> dict:
 
 def plot(path: Path, series: list[str]) -> None:
     """frames/s against milestones, one line per ``LABEL=a.json,b.json`` (their results merged)."""
-    import matplotlib
+    from bench import plot_fps  # this script's folder is on sys.path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    xs = set()
+    lines, seconds = [], set()
     for spec in series:
         label, _, files = spec.partition("=")
-        rows = sorted((r for f in files.split(",") for r in json.loads(Path(f).read_text())["results"]),
-                      key=lambda r: r["milestones"])
-        xs |= {r["milestones"] for r in rows}
-        ax.plot([r["milestones"] for r in rows], [r["fps"] for r in rows], "o-", label=label)
-    ax.set_ylim(bottom=0)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(xs), [str(x) for x in sorted(xs)])
-    ax.set_xlabel("milestones rendered together (30 s clips, whole command)")
-    ax.set_ylabel("frames of finished video per second")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        rows = [r for f in files.split(",") for r in json.loads(Path(f).read_text())["results"]]
+        lines.append((label, "o-", [(r["milestones"], r["fps"]) for r in rows]))
+        seconds |= {r["seconds"] for r in rows}
+    plot_fps(lines, path, f"gpurender, whole command, {'/'.join(f'{x:g}' for x in sorted(seconds))} s clips")
 
 
 def main() -> None:

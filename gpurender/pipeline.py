@@ -351,15 +351,13 @@ class _Job:
         try:
             while True:
                 t0 = time.perf_counter()
-                msg = self.sim.get()
+                msg = self.sim.get()  # a step's screens come copied out of the shared ring
+                self.stage_seconds["draw_starved"] += time.perf_counter() - t0
                 if msg[0] == "done":
                     _, self.returns, self.final_scores, sim_stages = msg
                     self.stage_seconds.update(sim_stages)
                     break
-                _, t, packed, scores, lives = msg
-                screens = self.sim.ring.take(t, self.n_envs)
-                self.stage_seconds["draw_starved"] += time.perf_counter() - t0
-                pending.append(_StepData(t, screens, packed, scores, lives))
+                pending.append(_StepData(*msg[1:]))
                 if len(pending) == steps_per_pass:
                     flush()
             if pending:

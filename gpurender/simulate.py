@@ -262,6 +262,9 @@ class SimulationProcess:
                     log.error("simulation process failed:\n%s", msg[2])
                     raise RuntimeError(msg[1])
                 raise GpurenderError(msg[1])
+            if msg[0] == "step":  # ("step", t, screens, packed, scores, lives): one row per env
+                _, t, packed, scores, lives = msg
+                return "step", t, self.ring.take(t, len(packed)), packed, scores, lives
             return msg
 
     def loaded(self) -> tuple[list[tuple[Milestone, AgentInfo]], list[tuple[Path, str]], str, int]:
