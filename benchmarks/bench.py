@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -52,19 +53,69 @@ HEADLINE_MILESTONES = 4
 # -- running one command and measuring it ------------------------------------------------------
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (Linux ``/proc/<pid>/task/<tid>/children``)."""
-    out, todo = [], [pid]
+def _tree(pid: int) -> list[tuple[int, int]]:
+    """``pid`` and all its descendants as (pid, parent pid), parents first (Linux
+    ``/proc/<pid>/task/<tid>/children``)."""
+    out, todo = [], [(pid, 0)]
     while todo:
-        p = todo.pop()
-        out.append(p)
+        p, parent = todo.pop(0)
+        out.append((p, parent))
         try:
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
+                    todo += [(int(c), p) for c in f.read().split()]
         except OSError:  # exited meanwhile
             continue
     return out
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _threads_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Every thread of ``pid``: tid -> (name, user + system CPU seconds so far)."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+def _process_role(pid: int, root: int, parent_role: str | None) -> str | None:
+    """``main process`` (the tool's own interpreter), ``worker process`` (any process under it:
+    gpurender's simulation, the baseline's pool), ``resource tracker``, or None (GNU time)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+    if pid == root and GNU_TIME is not None and cmdline.startswith(GNU_TIME):
+        return None
+    if "resource_tracker" in cmdline:
+        return "resource tracker"
+    return "main process" if parent_role is None else "worker process"
+
+
+def thread_role(process: str, pid: int, tid: int, name: str) -> str:
+    """``main process · main thread``, ``main process · llvmpipe threads`` (Mesa's rasterisers),
+    ``worker process · other threads``, ..."""
+    if tid == pid:
+        kind = "main thread"
+    elif name.startswith("llvmpipe"):
+        kind = "llvmpipe threads"
+    else:
+        kind = "other threads"
+    return f"{process} · {kind}"
 
 
 def _rss_pss_kib(pid: int) -> tuple[int, int]:
@@ -81,8 +132,10 @@ def _rss_pss_kib(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-class TreeMemory(threading.Thread):
-    """Polls the summed RSS and PSS of a process tree every ``POLL_S`` and keeps the peaks.
+class TreeMonitor(threading.Thread):
+    """Polls a process tree every ``POLL_S``: the peaks of its summed RSS and PSS, and the CPU
+    seconds of every thread it has had, by :func:`thread_role` (a thread that ends between two
+    polls loses at most its last ``POLL_S`` of CPU here; the exact total is ``Measured.cpu_s``).
 
     RSS summed over processes counts shared pages (torch's libraries in every baseline worker)
     once per process; PSS splits them between the processes that share them."""
@@ -93,15 +146,32 @@ class TreeMemory(threading.Thread):
         self.peak_rss_kib = self.peak_pss_kib = 0
         self.peak_procs = 0
         self.stop = threading.Event()
+        self._roles: dict[int, str | None] = {}
+        self._cpu: dict[tuple[int, int], tuple[str, float]] = {}  # (pid, tid) -> (role, last CPU s seen)
 
     def run(self) -> None:
         while not self.stop.is_set():
-            pids = _tree(self.pid)
-            sizes = [_rss_pss_kib(p) for p in pids]
+            tree = _tree(self.pid)
+            sizes = [_rss_pss_kib(p) for p, _ in tree]
             self.peak_rss_kib = max(self.peak_rss_kib, sum(s[0] for s in sizes))
             self.peak_pss_kib = max(self.peak_pss_kib, sum(s[1] for s in sizes))
-            self.peak_procs = max(self.peak_procs, len(pids))
+            self.peak_procs = max(self.peak_procs, len(tree))
+            for p, parent in tree:
+                if p not in self._roles:
+                    self._roles[p] = _process_role(p, self.pid, self._roles.get(parent))
+                process = self._roles[p]
+                if process is None:
+                    continue
+                for tid, (name, cpu) in _threads_cpu(p).items():
+                    self._cpu[p, tid] = (thread_role(process, p, tid, name), cpu)
             self.stop.wait(POLL_S)
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds per :func:`thread_role`, largest first."""
+        out: dict[str, float] = {}
+        for role, cpu in self._cpu.values():
+            out[role] = out.get(role, 0.0) + cpu
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 @dataclass
@@ -119,6 +189,10 @@ class Measured:
     None without GNU time. (``wait4``'s own ``ru_maxrss`` is useless here: it keeps the size
     of the forking parent, i.e. this benchmark, from before the ``exec``.)"""
     processes: int
+    cpu_s: float = 0.0
+    """User + system CPU seconds of the whole tree (every process waited for: ``RUSAGE_CHILDREN``)."""
+    cpu_by_role: dict[str, float] = field(default_factory=dict)
+    """:meth:`TreeMonitor.cpu_by_role`."""
     log_tail: str = ""
 
 
@@ -128,14 +202,17 @@ def measure(cmd: list[str], log: Path) -> Measured:
     if GNU_TIME is not None:
         cmd = [GNU_TIME, "-f", "%M", "-o", str(peak_file), *cmd]
     with log.open("w") as out:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        mem = TreeMemory(proc.pid)
+        mem = TreeMonitor(proc.pid)
         mem.start()
         proc.wait()
         wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         mem.stop.set()
         mem.join()
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     max_rss = None
     try:
         max_rss = int(peak_file.read_text().split()[-1]) / 1024
@@ -144,7 +221,7 @@ def measure(cmd: list[str], log: Path) -> Measured:
     peak_file.unlink(missing_ok=True)
     tail = "" if proc.returncode == 0 else "\n".join(log.read_text(errors="replace").splitlines()[-15:])
     return Measured(wall, proc.returncode, mem.peak_rss_kib / 1024, mem.peak_pss_kib / 1024, max_rss,
-                    mem.peak_procs, tail)
+                    mem.peak_procs, cpu, mem.cpu_by_role(), tail)
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -203,6 +280,19 @@ class Run:
     ok: bool = True
     inner: dict = field(default_factory=dict)
     """What the tool reports about itself (gpurender ``--stats-json``, baseline ``--json``)."""
+    cpu_s: float | None = None
+    """User + system CPU seconds of the whole command, every process and thread."""
+    cpu_by_role: dict[str, float] = field(default_factory=dict)
+    """CPU seconds by process and thread kind (:func:`thread_role`)."""
+
+    @property
+    def cpu_ms_per_frame(self) -> float | None:
+        return None if self.cpu_s is None else 1e3 * self.cpu_s / self.frames
+
+    def min_wall_s(self, cores: int) -> float | None:
+        """The wall time no schedule can beat on ``cores`` cores: this much CPU, every core busy
+        all the time."""
+        return None if self.cpu_s is None else self.cpu_s / cores
 
     @property
     def startup_s(self) -> float | None:
@@ -242,7 +332,7 @@ def run_tool(tool: str, run_dir: Path, n: int, seconds: float, work: Path, args:
         print(f"!! {tool} {n}x{frames_each} failed (exit {m.returncode}, frames {inner.get('frames')} "
               f"of {frames}):\n{m.log_tail}", flush=True)
     return Run(tool, n, seconds, frames, m.wall_s, frames / m.wall_s, frames / FPS / m.wall_s, m.peak_rss_mib,
-               m.peak_pss_mib, m.max_process_rss_mib, m.processes, ok, inner)
+               m.peak_pss_mib, m.max_process_rss_mib, m.processes, ok, inner, m.cpu_s, m.cpu_by_role)
 
 
 def best_of(runs: list[Run]) -> Run:
@@ -319,15 +409,18 @@ def e2e_table(runs: list[Run]) -> str:
     """One row per run; a column per key of gpurender's ``stage_seconds``, whatever the pipeline reports."""
     keys = list(dict.fromkeys(k for r in runs for k in r.inner.get("stage_seconds", {})))
     lines = [
-        "| tool | milestones | clip s | frames | wall s | frames/s | x real time | peak RSS MiB | peak PSS MiB "
-        "| start-up s | first frame s |" + "".join(f" {k} s |" for k in keys),
-        "|---|" + "---:|" * (10 + len(keys)),
+        "| tool | milestones | clip s | frames | wall s | frames/s | x real time | CPU s | CPU ms/frame "
+        "| peak RSS MiB | peak PSS MiB | start-up s | first frame s |" + "".join(f" {k} s |" for k in keys),
+        "|---|" + "---:|" * (12 + len(keys)),
     ]
     for r in runs:
         st = r.inner.get("stage_seconds", {})
         startup = r.startup_s
         cells = [r.tool + ("" if r.ok else " (FAILED)"), str(r.milestones), f"{r.clip_seconds:g}", f"{r.frames:,}",
-                 f"{r.wall_s:.1f}", f"{r.fps:.1f}", f"{r.realtime:.2f}", _mib(r.peak_rss_mib), _mib(r.peak_pss_mib),
+                 f"{r.wall_s:.1f}", f"{r.fps:.1f}", f"{r.realtime:.2f}",
+                 "-" if r.cpu_s is None else f"{r.cpu_s:.1f}",
+                 "-" if r.cpu_ms_per_frame is None else f"{r.cpu_ms_per_frame:.1f}",
+                 _mib(r.peak_rss_mib), _mib(r.peak_pss_mib),
                  "-" if startup is None else f"{startup:.1f}",
                  "-" if r.first_frame_s is None else f"{r.first_frame_s:.1f}",
                  *(f"{st[k]:.1f}" if k in st else "-" for k in keys)]
@@ -346,6 +439,28 @@ def memory_table(runs: list[Run]) -> str:
             lines.append(f"| {tool} | {r.clip_seconds:g} | {r.frames:,} | {_mib(r.peak_rss_mib)} | "
                          f"{_mib(r.peak_pss_mib)} | {largest} | {ratio} |")
     return "\n".join(lines) + "\n"
+
+
+def cpu_table(runs: list[Run]) -> str:
+    """Each run's CPU by process and thread kind, as seconds and ms per frame of video."""
+    lines = ["| tool | milestones | process · threads | CPU s | ms per frame | share |", "|---|---:|---|---:|---:|---:|"]
+    for r in runs:
+        if not r.cpu_s:
+            continue
+        rest = r.cpu_s - sum(r.cpu_by_role.values())
+        roles = list(r.cpu_by_role.items()) + ([("(ended between two polls)", rest)] if rest >= 0.05 else [])
+        for role, cpu in roles:
+            if cpu >= 0.05:
+                lines.append(f"| {r.tool} | {r.milestones} | {role} | {cpu:.1f} | {1e3 * cpu / r.frames:.2f} | "
+                             f"{100 * cpu / r.cpu_s:.0f} % |")
+    return "\n".join(lines) + "\n"
+
+
+def ratio_bound(g: Run, b: Run, cores: int) -> float | None:
+    """The highest gpurender/baseline frames/s ratio gpurender's measured CPU work allows on
+    ``cores`` cores: the baseline's wall over gpurender's wall with every core busy throughout."""
+    floor = g.min_wall_s(cores)
+    return b.wall_s / floor if floor else None
 
 
 def markdown(result: dict, stage_rows: list) -> str:
@@ -384,14 +499,30 @@ def markdown(result: dict, stage_rows: list) -> str:
                 "(checkpoints loaded, envs made, GL and encoders open). Stage seconds are "
                 "gpurender's own accounting of overlapping processes and threads (they do not sum to the wall).\n",
                 e2e_table(e2e)]
+    if any(r.cpu_s for r in e2e):
+        out += ["## CPU by process and thread\n",
+                "User + system CPU of every thread of the command, sampled from `/proc` every 0.1 s (the total is "
+                "exact, from the kernel's accounting of the waited-for process tree). gpurender: the main process's "
+                "main thread packs the panels and issues the GL calls (on llvmpipe also the vertex work), its "
+                "llvmpipe threads rasterise, its other threads are the encoders (I420 conversion + x264); the worker "
+                "process is the simulation (main thread: forwards and the env wrapper; other threads: EnvPool's "
+                "emulators). Baseline: the worker processes do everything.\n",
+                cpu_table(e2e)]
     if mem:
         out += ["## Memory against clip length (1 milestone)\n", memory_table(mem)]
     if result.get("headline"):
         out += ["## Against the baseline\n", result["headline"] + "\n"]
         if result.get("ratios"):
-            out += ["| milestones | gpurender frames/s | baseline frames/s | ratio |", "|---:|---:|---:|---:|"]
-            out += [f"| {x['milestones']} | {x['gpurender_fps']:.1f} | {x['baseline_fps']:.1f} | {x['ratio']:.2f}x |"
-                    for x in result["ratios"]]
+            cores = m["cores"]
+            out += [f"*CPU bound*: the ratio gpurender's measured CPU work allows on {cores} cores at best, i.e. the "
+                    f"baseline's wall over gpurender's CPU seconds / {cores} (every core busy from start to exit).\n",
+                    "| milestones | gpurender frames/s | baseline frames/s | ratio | gpurender CPU ms/frame "
+                    "| baseline CPU ms/frame | CPU bound |", "|---:|---:|---:|---:|---:|---:|---:|"]
+            for x in result["ratios"]:
+                g_cpu, b_cpu, bound = x.get("gpurender_cpu_ms"), x.get("baseline_cpu_ms"), x.get("cpu_bound")
+                out.append(f"| {x['milestones']} | {x['gpurender_fps']:.1f} | {x['baseline_fps']:.1f} | "
+                           f"{x['ratio']:.2f}x | {'-' if g_cpu is None else f'{g_cpu:.1f}'} | "
+                           f"{'-' if b_cpu is None else f'{b_cpu:.1f}'} | {'-' if bound is None else f'{bound:.2f}x'} |")
             out.append("")
     return "\n".join(out)
 
@@ -514,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
                 pair[tool] = best_of([run_tool(tool, run_dir, n, args.seconds, tmp, args) for _ in range(args.repeat)])
                 r = pair[tool]
                 print(f"{tool:9s} {n:3d} x {args.seconds:g} s: {r.wall_s:7.1f} s wall, {r.fps:7.1f} fps, "
-                      f"{r.realtime:5.2f}x real time, peak RSS {r.peak_rss_mib:,.0f} MiB", flush=True)
+                      f"{r.realtime:5.2f}x real time, {r.cpu_s:6.1f} CPU s, peak RSS {r.peak_rss_mib:,.0f} MiB",
+                      flush=True)
             e2e += pair.values()
             if pair["gpurender"].ok:
                 b = pair.get("baseline")
@@ -537,7 +669,9 @@ def main(argv: list[str] | None = None) -> int:
         if ("gpurender", n) in by and ("baseline", n) in by:
             g, b = by["gpurender", n], by["baseline", n]
             result["ratios"].append({"milestones": n, "gpurender_fps": g.fps, "baseline_fps": b.fps,
-                                     "ratio": g.fps / b.fps})
+                                     "ratio": g.fps / b.fps, "gpurender_cpu_ms": g.cpu_ms_per_frame,
+                                     "baseline_cpu_ms": b.cpu_ms_per_frame,
+                                     "cpu_bound": ratio_bound(g, b, info["cores"])})
     if result["ratios"]:
         pick = next((x for x in result["ratios"] if x["milestones"] == HEADLINE_MILESTONES), result["ratios"][-1])
         n = pick["milestones"]
