@@ -62,6 +62,8 @@ def run(n: int, seconds: float, extra: list[str]) -> dict:
                 "fps": round(frames / wall, 1), "realtime_x": round(n * seconds / wall, 1),
                 "peak_rss_mib": round(int(m.group(1)) / 1024) if m else None,
                 "cpu_seconds": round(cpu, 1) if m else None,
+                # the most frames/s this much CPU allows with every core busy from start to exit
+                "cpu_bound_fps": round(frames / (cpu / (os.cpu_count() or 1)), 1) if m and cpu else None,
                 "first_frame_s": report.get("first_frame_seconds"),
                 "forwards_per_step": report.get("forwards_per_step"),
                 "renderer": report.get("renderer"), "encoder": report.get("encoder"),
@@ -102,7 +104,7 @@ def main() -> None:
         results.append(r)
         print(f"gpurender {n}x{round(args.seconds * 30)} frames: {r['fps']} fps "
               f"({r['realtime_x']}x real time), first frame {r['first_frame_s']} s, forwards/step "
-              f"{r['forwards_per_step']}, CPU {r['cpu_seconds']} s, peak RSS {r['peak_rss_mib']} MiB, "
+              f"{r['forwards_per_step']}, CPU {r['cpu_seconds']} s (bound {r['cpu_bound_fps']} fps), peak RSS {r['peak_rss_mib']} MiB, "
               f"stages {r['stage_seconds']} "
               f"| {r['summary']}", flush=True)
     out = Path(__file__).resolve().parent / "results" / f"gpu-{args.name}.json"
