@@ -556,9 +556,12 @@ def plot_fps(series: list[tuple[str, str, list[tuple[int, float]]]], path: Path,
     return True
 
 
-def plot(runs: list[Run], path: Path, title: str) -> bool:
+def plot(runs: list[Run], path: Path, title: str, cores: int) -> bool:
     series = [(tool, style, [(r.milestones, r.fps) for r in runs if r.tool == tool and r.ok])
               for tool, style in (("gpurender", "o-"), ("baseline", "s--"))]
+    series.append((f"gpurender's CPU bound (CPU s / {cores} cores)", "^:",
+                   [(r.milestones, r.frames / r.min_wall_s(cores)) for r in runs
+                    if r.tool == "gpurender" and r.ok and r.cpu_s]))
     return plot_fps([s for s in series if s[2]], path, title)
 
 
@@ -683,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(result, stage_rows))
     made = [f"{stem}.md", f"{stem}.json"]
-    if e2e and plot(e2e, stem.with_suffix(".png"), f"gpurender vs baseline — {name}, {args.seconds:g} s clips"):
+    if e2e and plot(e2e, stem.with_suffix(".png"), f"gpurender vs baseline — {name}, {args.seconds:g} s clips",
+                   info["cores"]):
         made.append(f"{stem}.png")
     print("\n" + markdown(result, stage_rows))
     print("wrote " + ", ".join(made))
