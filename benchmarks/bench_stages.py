@@ -80,24 +80,33 @@ class Row:
     back (in passes of the renderer's tiles), one frame of each of ``batch`` videos encoded."""
     reps_s: list[float]
     """Seconds of each timed repetition."""
+    cpu_ms_per_item: float | None = None
+    """Median CPU milliseconds per env step, observation or frame: this process's user + system
+    time, every thread of it (EnvPool's workers, llvmpipe's rasterisers, the encoder threads), so
+    a stage that spreads over several cores costs more CPU than wall."""
+    reps_cpu_s: list[float] | None = None
+    """CPU seconds of each timed repetition."""
 
 
-def timed(call: Callable[[], None], calls: int, warmup: int) -> list[float]:
+def timed(call: Callable[[], None], calls: int, warmup: int) -> list[tuple[float, float]]:
+    """(wall s, CPU s of this process) of each of ``REPS`` repetitions of ``calls`` calls."""
     for _ in range(warmup):
         call()
     out = []
     for _ in range(REPS):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(calls):
             call()
-        out.append(time.perf_counter() - t0)
+        out.append((time.perf_counter() - t0, time.process_time() - c0))
     return out
 
 
-def row(stage: str, backend: str, batch: int, calls: int, reps: list[float]) -> Row:
-    med = statistics.median(reps)
+def row(stage: str, backend: str, batch: int, calls: int, reps: list[tuple[float, float]]) -> Row:
+    walls, cpus = [w for w, _ in reps], [c for _, c in reps]
+    med = statistics.median(walls)
     items = batch * calls
-    return Row(stage, backend, batch, items, items / med, 1000 * med / calls, [round(r, 4) for r in reps])
+    return Row(stage, backend, batch, items, items / med, 1000 * med / calls, [round(r, 4) for r in walls],
+               1000 * statistics.median(cpus) / items, [round(c, 4) for c in cpus])
 
 
 def bench_env(backend: str, batch: int, target: int, game: str = "Breakout") -> Row:
@@ -260,14 +269,15 @@ def bench_readback(r: FrameRenderer, clip: PanelFrames, kind: str, batch: int, t
     calls = max(1, target // batch)
     reps = []
     for rep in range(REPS + 1):  # the first is the warm-up
-        spent = 0.0
+        spent = cpu = 0.0
         for c in range(calls):
             for n in _draw_passes(r, clip, (rep * calls + c) * batch, batch):
                 r.ctx.finish()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 read(n)
                 spent += time.perf_counter() - t0
-        reps.append(spent)
+                cpu += time.process_time() - c0
+        reps.append((spent, cpu))
     return row("readback", kind, batch, calls, reps[1:])
 
 
@@ -393,10 +403,12 @@ def machine_info(device: torch.device) -> dict:
 
 
 def stage_table(rows: list[Row]) -> str:
-    lines = ["| stage | backend / device | batch | per second | ms per call |", "|---|---|---:|---:|---:|"]
+    lines = ["| stage | backend / device | batch | per second | ms per call | CPU ms each |",
+             "|---|---|---:|---:|---:|---:|"]
     for r in rows:
         unit = UNITS.get(r.stage, "frames")
-        lines.append(f"| {r.stage} | {r.backend} | {r.batch} | {r.per_s:,.0f} {unit} | {r.ms_per_call:.2f} |")
+        cpu = "-" if r.cpu_ms_per_item is None else f"{r.cpu_ms_per_item:.2f}"
+        lines.append(f"| {r.stage} | {r.backend} | {r.batch} | {r.per_s:,.0f} {unit} | {r.ms_per_call:.2f} | {cpu} |")
     return "\n".join(lines) + "\n"
 
 
@@ -415,8 +427,8 @@ def markdown(rows: list[Row], info: dict, quick: bool) -> str:
 
 
 def print_row(r: Row) -> None:
-    print(f"{r.stage:8s} {r.backend:16s} batch {r.batch:4d}: {r.per_s:10,.0f}/s  {r.ms_per_call:8.2f} ms/call",
-          flush=True)
+    print(f"{r.stage:8s} {r.backend:16s} batch {r.batch:4d}: {r.per_s:10,.0f}/s  {r.ms_per_call:8.2f} ms/call  "
+          f"{r.cpu_ms_per_item:6.2f} CPU ms each", flush=True)
 
 
 def main() -> None:
