@@ -1,5 +1,6 @@
-"""The benchmark suite as a user runs it (``gpurender bench``): both tools really render, and the
-results files carry the ratio, the CPU accounting and the bound derived from it."""
+"""The benchmark suite as a user runs it (``gpurender bench``): every stage is timed, both tools
+really render, and the results files carry the ratio, the CPU accounting and the bound derived
+from it."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import bench  # noqa: E402
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("results")
-    cmd = [sys.executable, "-m", "gpurender", "bench", "--quick", "--name", "t", "--skip-stages", "--skip-memory",
+    cmd = [sys.executable, "-m", "gpurender", "bench", "--quick", "--name", "t", "--batches", "1", "--skip-memory",
            "--milestones", "1", "--seconds", "1", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -62,6 +63,16 @@ def test_ratio_and_cpu_bound_follow_from_the_runs(suite: tuple[dict, str]):
     # no schedule beats "every core busy", so the measured ratio is within the bound
     assert x["ratio"] <= x["cpu_bound"] * 1.02
     assert f"{x['cpu_bound']:.2f}x |" in md
+
+
+def test_every_stage_is_timed_in_wall_and_cpu(suite: tuple[dict, str]):
+    result, md = suite
+    rows = result["stages"]
+    assert {r["stage"] for r in rows} == {"env", "agent", "pack", "draw", "readback", "encode"}
+    for r in rows:
+        assert r["batch"] == 1 and r["per_s"] > 0 and r["cpu_ms_per_item"] > 0, r
+        assert len(r["reps_s"]) == len(r["reps_cpu_s"]) == result["reps"]
+    assert "| CPU ms each |" in md
 
 
 def test_thread_roles():
