@@ -443,7 +443,8 @@ def memory_table(runs: list[Run]) -> str:
 
 def cpu_table(runs: list[Run]) -> str:
     """Each run's CPU by process and thread kind, as seconds and ms per frame of video."""
-    lines = ["| tool | milestones | process · threads | CPU s | ms per frame | share |", "|---|---:|---|---:|---:|---:|"]
+    lines = ["| tool | milestones | process · threads | CPU s | ms per frame | share |",
+             "|---|---:|---|---:|---:|---:|"]
     for r in runs:
         if not r.cpu_s:
             continue
@@ -522,7 +523,8 @@ def markdown(result: dict, stage_rows: list) -> str:
                 g_cpu, b_cpu, bound = x.get("gpurender_cpu_ms"), x.get("baseline_cpu_ms"), x.get("cpu_bound")
                 out.append(f"| {x['milestones']} | {x['gpurender_fps']:.1f} | {x['baseline_fps']:.1f} | "
                            f"{x['ratio']:.2f}x | {'-' if g_cpu is None else f'{g_cpu:.1f}'} | "
-                           f"{'-' if b_cpu is None else f'{b_cpu:.1f}'} | {'-' if bound is None else f'{bound:.2f}x'} |")
+                           f"{'-' if b_cpu is None else f'{b_cpu:.1f}'} | "
+                           f"{'-' if bound is None else f'{bound:.2f}x'} |")
             out.append("")
     return "\n".join(out)
 

@@ -19,7 +19,9 @@ python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_agents.py 
 e2e() { python3 benchmarks/gpu_e2e.py "$@" 2>&1 | quiet | tee -a "$OUT/e2e.txt"; }
 e2e --milestones 16 --seconds "$SECONDS_PER_CLIP" --name "$NAME-16-stacked"
 if [ -n "${BASELINE:-}" ]; then  # another checkout's gpurender/ + shaders/ (e.g. git archive of an older commit)
-  PYTHONPATH=/tmp/site:$PWD/$BASELINE e2e --milestones 16 --seconds "$SECONDS_PER_CLIP" --name "$NAME-16-baseline"
+  # PYTHONSAFEPATH: `python -m gpurender` would otherwise import this checkout's gpurender from the
+  # working directory before the one on PYTHONPATH (each result's "gpurender" field says which ran)
+  PYTHONSAFEPATH=1 PYTHONPATH=/tmp/site:$PWD/$BASELINE e2e --milestones 16 --seconds "$SECONDS_PER_CLIP" --name "$NAME-16-baseline"
 fi
 e2e --milestones 1,4 --seconds "$SECONDS_PER_CLIP" --name "$NAME-1-4"
 [ "${PER_MILESTONE:-1}" = 1 ] && GPURENDER_STACK_FORWARD=0 e2e --milestones 16 --seconds "$SECONDS_PER_CLIP" \

@@ -1,6 +1,7 @@
 """End-to-end `gpurender render` on N milestones x S seconds, for machines without the full
-suite's dependencies (the device machine): whole command timed, peak RSS from /usr/bin/time
-when present, stage split from --stats-json. Writes benchmarks/results/gpu-<name>.json."""
+suite's dependencies (the device machine): whole command timed by the suite's own ``measure``
+(wall, CPU of every process, peak RSS from /usr/bin/time when present), stage split from
+--stats-json. Writes benchmarks/results/gpu-<name>.json."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also under PYTHONSAFEPATH (gpu_check.sh BASELINE)
+from bench import ROOT, measure, plot_fps
 
 
 def make_checkpoints(folder: Path, n: int) -> None:
@@ -37,46 +39,48 @@ def make_checkpoints(folder: Path, n: int) -> None:
     src.unlink()
 
 
+def imported_gpurender() -> str:
+    """The folder of the gpurender package that ``python -m gpurender``, started as :func:`run`
+    starts it, imports: so a comparison with another checkout shows which code ran."""
+    code = "import gpurender, pathlib; print(pathlib.Path(gpurender.__file__).parent)"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def run(n: int, seconds: float, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         ck, out = Path(tmp) / "ck", Path(tmp) / "out"
         ck.mkdir()
         make_checkpoints(ck, n)
-        stats = Path(tmp) / "stats.json"
+        stats, log = Path(tmp) / "stats.json", Path(tmp) / "render.log"
         cmd = [sys.executable, "-m", "gpurender", "render", "--model-dir", str(ck), "--output-dir", str(out),
                "--clip-seconds", str(seconds), "--quiet", "--force", "--stats-json", str(stats), *extra]
-        timer = ["/usr/bin/time", "-v"] if Path("/usr/bin/time").exists() else []
-        t0 = time.perf_counter()
-        proc = subprocess.run(timer + cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            print(proc.stdout[-2000:], proc.stderr[-4000:])
-            raise SystemExit(f"render failed ({proc.returncode})")
-        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-        cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", proc.stderr))
+        m = measure(cmd, log)  # the suite's: wall, exact CPU of the process tree, peak RSS
+        if m.returncode != 0:
+            print(m.log_tail)
+            raise SystemExit(f"render failed ({m.returncode})")
         frames = round(n * seconds * 30)
-        summary = [line for line in proc.stdout.splitlines() if "frames/s" in line]
+        summary = [line for line in log.read_text(errors="replace").splitlines() if "frames/s" in line]
         report = json.loads(stats.read_text()) if stats.exists() else {}
         split = report.get("stage_seconds", {})
-        return {"milestones": n, "seconds": seconds, "frames": frames, "wall_s": round(wall, 2),
-                "fps": round(frames / wall, 1), "realtime_x": round(n * seconds / wall, 1),
-                "peak_rss_mib": round(int(m.group(1)) / 1024) if m else None,
-                "cpu_seconds": round(cpu, 1) if m else None,
+        return {"milestones": n, "seconds": seconds, "frames": frames, "wall_s": round(m.wall_s, 2),
+                "fps": round(frames / m.wall_s, 1), "realtime_x": round(n * seconds / m.wall_s, 1),
+                "peak_rss_mib": None if m.max_process_rss_mib is None else round(m.max_process_rss_mib),
+                "cpu_seconds": round(m.cpu_s, 1),
                 # the most frames/s this much CPU allows with every core busy from start to exit
-                "cpu_bound_fps": round(frames / (cpu / (os.cpu_count() or 1)), 1) if m and cpu else None,
+                "cpu_bound_fps": round(frames / (m.cpu_s / (os.cpu_count() or 1)), 1) if m.cpu_s else None,
                 "first_frame_s": report.get("first_frame_seconds"),
                 "forwards_per_step": report.get("forwards_per_step"),
                 "renderer": report.get("renderer"), "encoder": report.get("encoder"),
                 "device": report.get("device"),
                 "env": {k: v for k, v in os.environ.items() if k.startswith("GPURENDER_")},
+                "gpurender": imported_gpurender(),
                 "stage_seconds": {k: round(v, 2) for k, v in split.items()},
                 "summary": summary[-1] if summary else ""}
 
 
 def plot(path: Path, series: list[str]) -> None:
     """frames/s against milestones, one line per ``LABEL=a.json,b.json`` (their results merged)."""
-    from bench import plot_fps  # this script's folder is on sys.path
-
     lines, seconds = [], set()
     for spec in series:
         label, _, files = spec.partition("=")
@@ -104,7 +108,8 @@ def main() -> None:
         results.append(r)
         print(f"gpurender {n}x{round(args.seconds * 30)} frames: {r['fps']} fps "
               f"({r['realtime_x']}x real time), first frame {r['first_frame_s']} s, forwards/step "
-              f"{r['forwards_per_step']}, CPU {r['cpu_seconds']} s (bound {r['cpu_bound_fps']} fps), peak RSS {r['peak_rss_mib']} MiB, "
+              f"{r['forwards_per_step']}, CPU {r['cpu_seconds']} s (bound {r['cpu_bound_fps']} fps), "
+              f"peak RSS {r['peak_rss_mib']} MiB, "
               f"stages {r['stage_seconds']} "
               f"| {r['summary']}", flush=True)
     out = Path(__file__).resolve().parent / "results" / f"gpu-{args.name}.json"

@@ -121,8 +121,8 @@ class ScreenRing:
     """The steps' game screens, handed from the simulation process to the drawing process in
     shared memory: slot ``t % slots`` holds step ``t``'s (envs, 210, 160, 3) screens. The pipe
     carries only the small per-step arrays. Pickled through the pipe, the 1.6 MB of screens per
-    step at 16 milestones kept the drawer waiting in the pipe's reads (py-spy on an H100; with
-    the change below, +7 % frames/s there in the same run).
+    step at 16 milestones kept the drawer waiting in the pipe's reads (py-spy on an H100; the
+    gain in frames/s is not measured yet: the one same-run comparison ran this code twice).
 
     Steps are produced and consumed in order, so ``free`` (a semaphore of ``slots``) is all the
     bookkeeping: the producer takes one before it writes a slot, the consumer gives it back once
