@@ -47,10 +47,37 @@ class RenderConfig:
     """Re-render milestones whose video already exists."""
     algo: str | None = None
     """Expected algorithm (from the original tool's config); checked against each checkpoint."""
+    stack_forwards: bool | None = None
+    """Milestones of one architecture share one stacked forward (:class:`gpurender.agents.AgentStack`);
+    None: on CUDA only, where a batch-1 forward is bound by kernel launches."""
+    max_tiles: int = 16
+    """Frames drawn per pass of the renderer's tiled framebuffer."""
+    trace: bool = False
+    """Write every number each frame's panel shows to ``<video>.trace.jsonl`` beside the video."""
 
     @property
     def frames(self) -> int:
         return max(1, round(self.clip_seconds * self.fps))
+
+
+@dataclass(frozen=True)
+class PreviewConfig:
+    """How ``gpurender preview`` shows the agents (what it plays comes from a :class:`RenderConfig`)."""
+
+    speed: float = 1.0
+    """Pace multiplier: ``fps x speed`` agent steps per second (+/- keys change it)."""
+    uncapped: bool = False
+    """Draw as fast as possible instead of at the paced rate."""
+    output_dir: Path = Path(".")
+    """Where screenshots and recordings go."""
+    encoder: str = "auto"
+    """H.264 encoder for recordings: auto | nvenc | x264."""
+    max_frames: int = 0
+    """Stop after this many frames (0: run until the window closes)."""
+    window_size: tuple[int, int] = (960, 540)
+    """Initial window size in screen coordinates."""
+    visible: bool = True
+    """Show the window (tests drive a hidden one)."""
 
 
 # original tool's YAML key -> RenderConfig field
@@ -96,4 +123,4 @@ def merge(base: RenderConfig, overrides: dict[str, Any]) -> RenderConfig:
     return replace(base, **{k: v for k, v in overrides.items() if k in names and v is not None})
 
 
-__all__ = ["RenderConfig", "merge", "read_yaml_config"]
+__all__ = ["PreviewConfig", "RenderConfig", "merge", "read_yaml_config"]
