@@ -4,14 +4,11 @@ that yields everything the panel shows: action, probabilities or Q-values, value
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
 import functools
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,6 +17,7 @@ from torch import nn
 from gpurender.errors import DependencyMissing, GpurenderError
 from gpurender.milestones import read_checkpoint
 from gpurender.network import MAX_ACTIONS, MAX_NODES, AgentInfo, LayerInfo
+from gpurender.protocol import StepOutputs
 
 ALGOS = ("PPO", "A2C", "DQN", "QRDQN")
 _ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.ELU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid)
@@ -36,34 +34,6 @@ def pick_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise GpurenderError(f"--device {device}: torch sees no CUDA GPU (torch {torch.__version__})")
     return dev
-
-
-class AgentOutput(NamedTuple):
-    """One forward pass over a batch of observations (tensors on the agent's device)."""
-
-    actions: torch.Tensor
-    """(B,) int64: the action executed."""
-    probs: torch.Tensor
-    """(B, A): policy probabilities (PPO/A2C), softmax of the Q-values (DQN)."""
-    q_values: torch.Tensor | None
-    """(B, A) Q-values for value-based agents, else None."""
-    value: torch.Tensor
-    """(B,): V(s) for actor-critic agents, max_a Q(s, a) for value-based ones."""
-    levels: torch.Tensor
-    """(B, total_nodes) in [0, 1]: node levels of every displayed layer, concatenated."""
-
-
-@contextlib.contextmanager
-def _no_weight_init() -> Iterator[None]:
-    """Skip SB3's orthogonal initialisation while loading: every parameter is overwritten by the
-    checkpoint right after (``set_parameters(exact_match=True)``), and the QR decompositions of a
-    NatureCNN cost over a second per checkpoint on a small CPU."""
-    original = nn.init.orthogonal_
-    nn.init.orthogonal_ = lambda tensor, *args, **kwargs: tensor
-    try:
-        yield
-    finally:
-        nn.init.orthogonal_ = original
 
 
 def _algo_of(data: dict, path: Path) -> str:
@@ -158,10 +128,12 @@ def load_policy(path: Path, algo: str, raw_data: str, raw_policy: bytes,
     kwargs.pop("optimizer_kwargs", None)
     if algo in ("PPO", "A2C"):
         kwargs["use_sde"] = bool(data.get("use_sde", False))
+        # every parameter is overwritten by the checkpoint right after: skip the orthogonal
+        # initialisation, whose QR decompositions of a NatureCNN cost seconds on a small CPU
+        kwargs["ortho_init"] = False
     lr = data.get("learning_rate", 0.0)
     data["learning_rate_now"] = float(lr(1.0) if callable(lr) else lr)
-    with _no_weight_init():
-        policy = data["policy_class"](obs_space, act_space, lambda _: data["learning_rate_now"], **kwargs)
+    policy = data["policy_class"](obs_space, act_space, lambda _: data["learning_rate_now"], **kwargs)
     state = torch.load(io.BytesIO(raw_policy), map_location=device, weights_only=True)
     policy.load_state_dict(state)  # strict: every saved tensor has its place and vice versa
     data["observation_space"], data["action_space"] = obs_space, act_space
@@ -202,8 +174,7 @@ class Agent:
     def model(self):
         """The whole SB3 model as ``<Algo>.load`` gives it (optimizer included): for
         ``evaluate_policy`` and for checking :meth:`act` against SB3 itself. Not used to render."""
-        with _no_weight_init():
-            return _algo_class(self.algo).load(self.path, device=self.device)
+        return _algo_class(self.algo).load(self.path, device=self.device)
 
     def _check_spaces(self) -> None:
         from gymnasium import spaces
@@ -323,12 +294,12 @@ class Agent:
         return torch.softmax(q, dim=1), q, q.max(dim=1).values
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor | np.ndarray) -> AgentOutput:
-        """One forward over a batch of (B,4,84,84) uint8 observations."""
+    def act(self, obs: torch.Tensor | np.ndarray) -> StepOutputs:
+        """One forward over a batch of (B,4,84,84) uint8 observations (raw node levels)."""
         obs_t = torch.as_tensor(obs, device=self.device)
         probs, q, value = self._forward_raw(obs_t)
         levels = self._node_means(obs_t, probs)
-        return AgentOutput(self._select(probs, q, self.exploration_rate), probs, q, value, levels)
+        return StepOutputs(self._select(probs, q, self.exploration_rate), value, probs, q, levels)
 
     def _select(self, probs: torch.Tensor, q: torch.Tensor | None, exploration: float | torch.Tensor) -> torch.Tensor:
         """The executed actions: the most likely, or sampled as the algorithm explores
@@ -362,32 +333,6 @@ class Agent:
         return torch.cat(cols, dim=1)
 
 
-class LevelNormaliser:
-    """Running per-layer maximum that maps raw node levels to [0, 1] brightness.
-
-    Hidden and input layers are divided by the largest node level that layer has reached so far in
-    this video (over all envs of the milestone), so brightness is stable and comparable within a
-    video; output nodes (probabilities) are shown as they are. ``stack=M``: one running maximum
-    per milestone of an :class:`AgentStack`, levels shaped (M, B, nodes).
-    """
-
-    def __init__(self, node_counts: list[int], stack: int | None = None) -> None:
-        self.n_scaled = sum(node_counts[:-1])  # every node but the output layer's
-        self.layer_of_node = torch.as_tensor(np.repeat(np.arange(len(node_counts) - 1), node_counts[:-1]))
-        layers = len(node_counts) - 1
-        self.running = torch.zeros(layers) if stack is None else torch.zeros(stack, layers)
-
-    def __call__(self, levels: torch.Tensor) -> torch.Tensor:
-        if self.running.device != levels.device:
-            self.running = self.running.to(levels.device)
-            self.layer_of_node = self.layer_of_node.to(levels.device)
-        scaled = levels[..., : self.n_scaled]
-        node_max = scaled.amax(dim=-2)  # over the envs
-        self.running = self.running.scatter_reduce(-1, self.layer_of_node.expand_as(node_max), node_max, "amax")
-        scale = self.running.clamp_min(1e-6)[..., self.layer_of_node].unsqueeze(-2)
-        return torch.cat([scaled / scale, levels[..., self.n_scaled :]], dim=-1).clamp_(0.0, 1.0)
-
-
 def stack_key(agent: Agent) -> tuple:
     """Agents with equal keys can share one :class:`AgentStack` forward."""
     params = tuple((name, tuple(p.shape), p.dtype) for name, p in agent.policy.named_parameters())
@@ -413,11 +358,10 @@ class _Forward(nn.Module):
 class AgentStack:
     """Milestones of one architecture run as ONE forward: their weights stacked and one
     network's forward mapped over them (``torch.func.vmap``: a grouped convolution, batched
-    matrix products). A batch-1 forward on a GPU is bound by kernel launches and Python, so M
-    milestones cost about one; the outputs equal each agent's own :meth:`Agent.act` within float
-    rounding (tested). On a CPU, where the forward is compute-bound, it saves only ~8 % (4 demo
-    milestones, batch 1), so there the renderer keeps one forward per milestone, whose actions are
-    bit for bit those of SB3's own batch-1 forward: it stacks only on CUDA by default."""
+    matrix products). The outputs equal each agent's own :meth:`Agent.act` within float rounding;
+    the actions of one forward per milestone are bit for bit those of SB3's own batch-1 forward,
+    so the renderer stacks only where asked to (``RenderConfig.stack_forwards``; by default on
+    CUDA, where a batch-1 forward is bound by kernel launches, not arithmetic)."""
 
     def __init__(self, agents: list[Agent]) -> None:
         from torch.func import functional_call, stack_module_state, vmap
@@ -441,9 +385,9 @@ class AgentStack:
         return self.template.node_counts
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor) -> AgentOutput:
+    def act(self, obs: torch.Tensor) -> StepOutputs:
         """(M, B, 4, 84, 84) uint8, row m for agent m -> every field with a leading M axis."""
         out = self._forward(*self._state, obs)
         probs, value, levels = out[:3]
         q = out[3] if len(out) > 3 else None
-        return AgentOutput(self.template._select(probs, q, self._exploration), probs, q, value, levels)
+        return StepOutputs(self.template._select(probs, q, self._exploration), value, probs, q, levels)

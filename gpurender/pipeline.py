@@ -1,20 +1,18 @@
 """The render loop: checkpoints -> batched Atari + batched inference -> shader-drawn frames ->
-H.264. Stages overlap: a simulation *process* steps the envs and runs the models for step t+1
-while the main process (which owns the GL context) draws step t and encoder threads compress
-step t-1. A process, not a thread: ModernGL holds the GIL while the driver renders and reads
-back, which on llvmpipe is most of a frame, and would stall a simulation thread."""
+H.264. Stages overlap: a simulation *process* (:mod:`gpurender.simulate`) steps the envs and runs
+the models for step t+1 while the main process (which owns the GL context) draws step t and
+encoder threads compress step t-1. A process, not a thread: ModernGL holds the GIL while the
+driver renders and reads back, which on llvmpipe is most of a frame, and would stall a
+simulation thread. What crosses between them is :mod:`gpurender.protocol`'s typed messages."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -24,14 +22,12 @@ from gpurender.errors import GpurenderError
 from gpurender.games import Game, action_meanings, resolve_game
 from gpurender.milestones import Milestone, find_milestones
 from gpurender.network import AgentInfo
-from gpurender.render import FrameRenderer, PanelSpec
-from gpurender.render.layout import HISTORY_ACTIONS, HISTORY_SCORES
-from gpurender.simulate import SimulationProcess, launch
-
-if TYPE_CHECKING:  # the drawing process never imports torch: only the simulation process does
-    import torch
-
-    from gpurender.agents import Agent, LevelNormaliser
+from gpurender.panel import MilestonePanel
+from gpurender.protocol import Done, Step
+from gpurender.render import FrameRenderer
+from gpurender.sidecar import sha256, stale_reason, video_settings, write_sidecar
+from gpurender.simulate import SimulationProcess
+from gpurender.trace import TraceWriter, trace_path
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +41,15 @@ class VideoResult:
     path: Path
     frames: int = 0
     episode_returns: list[float] = field(default_factory=list)
+    """Scores of the games finished during the clip."""
+    unfinished_score: float = 0.0
+    """Score of the game still running at the end of the clip."""
     skipped: bool = False
+    """It existed, made with the same checkpoint and settings, and was kept."""
+    trace: Path | None = None
+    """Its ``--trace`` file, when one was written."""
+    agent: AgentInfo | None = None
+    checkpoint_sha256: str = ""
 
 
 @dataclass
@@ -62,7 +66,7 @@ class RenderReport:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     forwards_per_step: int = 0
     """Model forwards launched per env step: one per milestone, or fewer where milestones of one
-    architecture share a stacked forward (:class:`gpurender.agents.AgentStack`, on CUDA)."""
+    architecture share a stacked forward (:class:`gpurender.agents.AgentStack`)."""
     first_frame_seconds: float | None = None
     """From the start of :func:`render` to the first frames drawn (checkpoints loaded, envs made,
     GL context and encoders open): the job's start-up."""
@@ -72,122 +76,38 @@ class RenderReport:
         return self.frames / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
 
-class MilestonePanel:
-    """One milestone's panel: turns its agent's outputs into the renderer's per-frame arrays."""
+class RenderCallback:
+    """Hooks into :func:`render`; override what you need. Called on the rendering thread."""
 
-    def __init__(self, milestone: Milestone, agent: Agent | AgentInfo, game: Game, renderer: FrameRenderer) -> None:
-        self.milestone, self.agent = milestone, agent  # an AgentInfo is enough for drawing
-        self.names = action_meanings(game)
-        self.spec = PanelSpec(game.title, agent.algo, self.names, tuple(agent.layers), milestone.display,
-                              milestone.pct is not None, agent.learning_rate)
-        self.layout = renderer.layout(self.spec)
-        self.base_chars = self.layout.static_chars(self.spec)
-        self.edge_values = self.layout.edge_values(agent.edge_weights)
-        self._normaliser: LevelNormaliser | None = None  # only where this process runs the agent
-        self._hist_actions: np.ndarray | None = None  # (envs, HISTORY_ACTIONS), -1 = empty
-        self._hist_scores: np.ndarray | None = None  # (envs, HISTORY_SCORES), NaN = empty
+    def on_start(self, total_frames: int, title: str) -> None:
+        """Rendering starts: ``total_frames`` frames (all videos) will be drawn."""
 
-    def _remember(self, actions: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Append this frame's executed actions and episode rewards to the per-env histories."""
-        n = len(actions)
-        if self._hist_actions is None or len(self._hist_actions) != n:
-            self._hist_actions = np.full((n, HISTORY_ACTIONS), -1.0, np.float32)
-            self._hist_scores = np.full((n, HISTORY_SCORES), np.nan, np.float32)
-        self._hist_actions = np.roll(self._hist_actions, -1, axis=1)
-        self._hist_actions[:, -1] = actions
-        self._hist_scores = np.roll(self._hist_scores, -1, axis=1)
-        self._hist_scores[:, -1] = scores
-        peak = np.nanmax(np.abs(self._hist_scores), axis=1)
-        peak = np.where(peak > 0, peak, 1.0)
-        return self._hist_actions, np.nan_to_num(self._hist_scores / peak[:, None], nan=0.0), peak
+    def on_frames(self, frames: int) -> None:
+        """``frames`` more frames were drawn and handed to the encoders."""
 
-    def continue_history(self, other: MilestonePanel) -> None:
-        """Take over ``other``'s action and reward histories: they belong to the game, and the
-        preview hands one game from agent to agent."""
-        self._hist_actions = None if other._hist_actions is None else other._hist_actions.copy()
-        self._hist_scores = None if other._hist_scores is None else other._hist_scores.copy()
-
-    def launch(self, obs: torch.Tensor) -> torch.Tensor:
-        """:func:`launch` with this panel's agent (which must be a loaded :class:`Agent`)."""
-        if self._normaliser is None:
-            from gpurender.agents import LevelNormaliser
-
-            self._normaliser = LevelNormaliser(self.agent.node_counts)
-        return launch(self.agent, self._normaliser, obs)
-
-    def unpack(self, packed: np.ndarray) -> dict[str, np.ndarray | None]:
-        """Host arrays of everything the panel shows, from :meth:`launch`'s tensor."""
-        a = len(self.names)
-        q = packed[:, 2 + a : 2 + 2 * a] if self.spec.q_based else None
-        start = 2 + (2 * a if self.spec.q_based else a)
-        return {
-            "actions": packed[:, 0].astype(np.int64),
-            "values": packed[:, 1],
-            "probs": packed[:, 2 : 2 + a],
-            "q_values": q,
-            "levels": packed[:, start : start + self.layout.n_nodes],
-        }
-
-    def infer(self, obs: np.ndarray | torch.Tensor) -> dict[str, np.ndarray | None]:
-        """:meth:`launch` + :meth:`unpack` for one milestone on its own."""
-        import torch
-
-        return self.unpack(self.launch(torch.as_tensor(obs, device=self.agent.device)).cpu().numpy())
-
-    def texts(self, t: int, n_frames: int, out: dict, k: int, score: float, lives: int) -> dict[str, str]:
-        """The dynamic text fields of env ``k`` of this milestone at frame ``t``."""
-        action = int(out["actions"][k])
-        q_based = self.spec.q_based
-        texts = {
-            "frame": f"Frame:     {t + 1:>12,}",
-            "progress": f"Progress:  {100.0 * (t + 1) / n_frames:>11.2f}%" if n_frames else "Progress:          live",
-            "reward": f"Ep Reward: {score:>12.1f}",
-            "lives": f"Lives:     {lives:>12d}",
-            "value": f"{'Max Q:' if q_based else 'Value Est:':<11}{out['values'][k]:>12.3f}",
-            "action": f"Action:    {self.names[action]:>12}",
-        }
-        row = out["q_values"][k] if q_based else out["probs"][k]
-        for a, name in enumerate(self.names):
-            texts[f"act{a}"] = f"{name:<{self.layout.name_len}} {row[a]:7.3f}"
-        return texts
-
-    def pack(self, t: int, n_frames: int, out: dict, scores: np.ndarray,
-             lives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """-> (values, chars) for the renderer, one row per env of this milestone."""
-        n = len(out["actions"])
-        hist_actions, hist_scores, peak = self._remember(out["actions"], scores)
-        values = self.layout.values(out["actions"], out["probs"], out["levels"],
-                                    np.broadcast_to(self.edge_values, (n, len(self.edge_values))),
-                                    hist_actions, hist_scores)
-        rows = []
-        for k in range(n):
-            texts = self.texts(t, n_frames, out, k, float(scores[k]), int(lives[k]))
-            texts["score_head"] = f"Reward, last {HISTORY_SCORES} frames, max {peak[k]:g}"  # fits 34 chars
-            rows.append(self.layout.frame_chars(self.base_chars, texts))
-        return values, np.stack(rows)
+    def on_end(self, report: RenderReport) -> None:
+        """The job is over (also after a failure or Ctrl-C, with what was finished)."""
 
 
-@dataclass
-class _Slot:
-    """One milestone of the job: its panel and the env indices it plays."""
+class ProgressBar(RenderCallback):
+    """A tqdm progress bar over every video's frames."""
 
-    panel: MilestonePanel
-    envs: list[int]
+    def __init__(self) -> None:
+        self.bar = None
 
-    @property
-    def milestone(self) -> Milestone:
-        return self.panel.milestone
+    def on_start(self, total_frames: int, title: str) -> None:
+        from tqdm import tqdm
 
+        self.bar = tqdm(total=total_frames, unit="frame", desc=title, dynamic_ncols=True)
 
-class _StepData(NamedTuple):
-    """Everything the panel shows for every env at one step (host arrays)."""
+    def on_frames(self, frames: int) -> None:
+        if self.bar is not None:
+            self.bar.update(frames)
 
-    t: int
-    screens: np.ndarray
-    packed: np.ndarray
-    """(envs, width): every milestone's :func:`launch` output, rows in env order."""
-    scores: np.ndarray
-    lives: np.ndarray
+    def on_end(self, report: RenderReport) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def video_path(output_dir: Path, m: Milestone, env_index: int, envs_per_milestone: int) -> Path:
@@ -195,14 +115,6 @@ def video_path(output_dir: Path, m: Milestone, env_index: int, envs_per_mileston
     if envs_per_milestone > 1:
         name = name.replace("_analytics.mp4", f"_env{env_index}_analytics.mp4")
     return output_dir / name
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_output_dir(path: Path) -> None:
@@ -215,97 +127,161 @@ def _check_output_dir(path: Path) -> None:
         raise GpurenderError(f"output folder {path} is not writable ({exc.strerror or exc})") from None
 
 
-def render(cfg: RenderConfig, progress: bool = True, on_frame: Callable[[int], None] | None = None) -> RenderReport:
-    """Render one video per milestone (x envs per milestone) as ``cfg`` says."""
+def _plan(cfg: RenderConfig, game: Game, milestones: list[Milestone],
+          output_dir: Path) -> tuple[list[Milestone], list[VideoResult]]:
+    """-> (milestones to render, videos kept). A milestone is rendered unless every one of its
+    videos exists with a sidecar that matches this run (or always with ``force``)."""
+    todo, kept = [], []
+    for m in milestones:
+        paths = [video_path(output_dir, m, e, cfg.envs_per_milestone) for e in range(cfg.envs_per_milestone)]
+        if cfg.force or not all(p.exists() for p in paths):
+            todo.append(m)
+            continue
+        digest = sha256(m.path)
+        reasons = [stale_reason(p, video_settings(cfg, game.name, e, digest), cfg.trace) for e, p in enumerate(paths)]
+        stale = [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
+        if stale:
+            log.warning("re-rendering %s: %s", stale[0][0].name, stale[0][1])
+            todo.append(m)
+        else:
+            kept += [VideoResult(m, e, p, skipped=True, checkpoint_sha256=digest,
+                                 trace=trace_path(p) if trace_path(p).exists() else None)
+                     for e, p in enumerate(paths)]
+    return todo, kept
+
+
+def render(cfg: RenderConfig, callbacks: Sequence[RenderCallback] = (), *, progress: bool = True) -> RenderReport:
+    """Render one video per milestone (x envs per milestone) as ``cfg`` says, with a sidecar
+    (and a trace, with ``cfg.trace``) beside each; -> the job's report.
+
+    ``callbacks`` follow the job (:class:`RenderCallback`); ``progress`` adds a
+    :class:`ProgressBar`. Milestones whose checkpoint fails to load are in ``report.failures``
+    while the others render. Raises :class:`~gpurender.errors.GpurenderError` for bad input and
+    ``KeyboardInterrupt`` on Ctrl-C; unfinished videos are removed, finished ones (and their
+    sidecars) kept."""
     t_start = time.perf_counter()
+    callbacks = [*callbacks, *([ProgressBar()] if progress else [])]
     game = resolve_game(cfg.game)
     milestones = find_milestones(cfg.model_dir, cfg.milestones)
     output_dir = Path(cfg.output_dir)
     _check_output_dir(output_dir)
-    videos: list[VideoResult] = []
-    todo: list[Milestone] = []
-    for m in milestones:
-        paths = [video_path(output_dir, m, e, cfg.envs_per_milestone) for e in range(cfg.envs_per_milestone)]
-        if not cfg.force and all(p.exists() for p in paths):
-            videos += [VideoResult(m, e, p, skipped=True) for e, p in enumerate(paths)]
-        else:
-            todo.append(m)
-    report = RenderReport(videos, [])
-    if not todo:
-        report.encoder, _ = choose_encoder(cfg.encoder)
-    else:
+    todo, kept = _plan(cfg, game, milestones, output_dir)
+    report = RenderReport(kept, [])
+    try:
+        if not todo:
+            report.encoder, _ = choose_encoder(cfg.encoder)
+            return report
         # start the simulation first: it imports torch and loads the checkpoints while this process
         # opens the GL context and the encoders
         sim = SimulationProcess(cfg, game, todo)
         try:
             report.encoder, _ = choose_encoder(cfg.encoder)
-            with FrameRenderer() as renderer:
-                loaded, report.failures, report.device, report.forwards_per_step = sim.loaded()
-                if loaded:
-                    job = _Job(cfg, game, loaded, report.encoder, output_dir, sim, renderer)
+            with FrameRenderer(max_tiles=cfg.max_tiles) as renderer:
+                loaded = sim.loaded()
+                report.failures, report.device = loaded.failures, loaded.device
+                report.forwards_per_step, report.renderer = loaded.forwards_per_step, renderer.renderer
+                if loaded.agents:
+                    job = _Job(cfg, game, loaded.agents, report.encoder, output_dir, sim, renderer, callbacks)
                     try:
-                        job.run(progress, on_frame)
+                        job.run()
                     finally:
                         job.close()
-                    report.videos += job.results
-                    report.frames = job.frames_done
-                    report.renderer = job.renderer_name
-                    report.stage_seconds = job.stage_seconds
-                    if job.first_frame_time is not None:
-                        report.first_frame_seconds = job.first_frame_time - t_start
-                    report.wall_seconds = time.perf_counter() - t_start  # the sidecars' render fps
-                    job.write_sidecars(report)
+                        report.videos += job.finished
+                        report.frames = job.frames_done
+                        report.stage_seconds = job.stage_seconds
+                        if job.first_frame_time is not None:
+                            report.first_frame_seconds = job.first_frame_time - t_start
         finally:
             sim.close()
-    report.wall_seconds = time.perf_counter() - t_start
+            report.wall_seconds = time.perf_counter() - t_start
+            _write_sidecars(cfg, game, report)  # of the videos that finished, whatever ended the job
+    finally:
+        report.wall_seconds = time.perf_counter() - t_start
+        for cb in callbacks:
+            cb.on_end(report)
     return report
 
 
+def _write_sidecars(cfg: RenderConfig, game: Game, report: RenderReport) -> None:
+    """One sidecar per video rendered by this job, from the final report."""
+    digests: dict[Path, str] = {}
+    for v in report.videos:
+        if v.skipped:
+            continue
+        if v.milestone.path not in digests:
+            digests[v.milestone.path] = sha256(v.milestone.path)
+        v.checkpoint_sha256 = digests[v.milestone.path]
+        meta = {
+            "video": v.path.name,
+            "checkpoint": str(v.milestone.path.resolve()),
+            "milestone": v.milestone.label,
+            "algorithm": v.agent.algo,
+            **video_settings(cfg, game.name, v.env_index, v.checkpoint_sha256),
+            "episode_returns": v.episode_returns,
+            "unfinished_episode_score": v.unfinished_score,
+            "render_fps": round(report.fps, 1),
+            "encoder": report.encoder,
+            "renderer": report.renderer,
+            "device": report.device,
+            "action_names": list(action_meanings(game)),
+            "layers": [{"name": x.name, "shape": list(x.shape), "nodes": x.nodes} for x in v.agent.layers],
+            "trace": v.trace.name if v.trace is not None else None,
+        }
+        write_sidecar(v.path, meta)
+
+
 class _Job:
-    """One batched render of several milestones; owns the renderer and encoders, draws what the
-    simulation process sends."""
+    """One batched render of several milestones: draws what the simulation process sends and
+    hands the frames to one encoder thread per video."""
 
     def __init__(self, cfg: RenderConfig, game: Game, loaded: list[tuple[Milestone, AgentInfo]], codec: str,
-                 output_dir: Path, sim: SimulationProcess, renderer: FrameRenderer) -> None:
-        self.cfg, self.game, self.codec, self.sim = cfg, game, codec, sim
+                 output_dir: Path, sim: SimulationProcess, renderer: FrameRenderer,
+                 callbacks: Sequence[RenderCallback]) -> None:
+        self.cfg, self.game, self.sim, self.renderer, self.callbacks = cfg, game, sim, renderer, callbacks
         e_per = cfg.envs_per_milestone
         self.n_envs = len(loaded) * e_per
         self.frames_done = 0
-        # simulation process: infer, env, sim_blocked (queue full: drawing is slower); main process:
+        # simulation process: infer, env, sim_blocked (pipe full: drawing is slower); main process:
         # pack, gl (draw + convert + read back), encode_wait (encoder queues full), draw_starved
         self.stage_seconds = dict.fromkeys(
             ("infer", "env", "sim_blocked", "pack", "gl", "encode_wait", "draw_starved"), 0.0)
-        self.renderer = renderer
-        self.renderer_name = self.renderer.renderer
-        self.slots = [_Slot(MilestonePanel(m, info, game, self.renderer), list(range(i * e_per, (i + 1) * e_per)))
-                      for i, (m, info) in enumerate(loaded)]
-        slots = self.slots
+        self.panels = [MilestonePanel(m, info, game, renderer) for m, info in loaded]
+        self.rows = [slice(i * e_per, (i + 1) * e_per) for i in range(len(loaded))]
         # frames are drawn grouped by layout so each group is one run of tiles
-        self.layout_rank = {s.panel.spec.layout_key: k for k, s in reversed(list(enumerate(slots)))}
+        self.layout_rank = {p.spec.layout_key: k for k, p in reversed(list(enumerate(self.panels)))}
         settings = EncodeSettings(fps=cfg.fps, crf=cfg.crf, preset=cfg.preset)
-        self.results: list[VideoResult] = []
-        self.encoders: dict[int, EncoderThread] = {}
-        for s in slots:
-            for k, e in enumerate(s.envs):
-                path = video_path(output_dir, s.milestone, k, cfg.envs_per_milestone)
-                self.results.append(VideoResult(s.milestone, k, path))
-                self.encoders[e] = EncoderThread(VideoWriter(path, codec, settings))
-        self.returns: list[list[float]] = [[] for _ in range(self.n_envs)]
-        self.final_scores = np.zeros(self.n_envs)
+        self.videos: list[VideoResult] = []  # in env order
+        self.encoders: list[EncoderThread] = []
+        self.traces: list[TraceWriter] = []
+        self.finished: list[VideoResult] = []
         self.first_frame_time: float | None = None
-        self._finished = False
+        try:
+            for m, info in loaded:
+                for k in range(e_per):
+                    path = video_path(output_dir, m, k, e_per)
+                    self.videos.append(VideoResult(m, k, path, agent=info))
+                    self.encoders.append(EncoderThread(VideoWriter(path, codec, settings)))
+                    if cfg.trace:
+                        self.traces.append(TraceWriter(path))
+        except BaseException:
+            self.close()
+            raise
 
-    def _draw_steps(self, steps: list[_StepData]) -> None:
+    def _draw_steps(self, steps: list[Step]) -> None:
         """Draw and hand to the encoders every env's frame of ``steps`` (consecutive), as few
         passes of the renderer's tiles as possible: a pass costs a fixed overhead on llvmpipe."""
         r = self.renderer
         t0 = time.perf_counter()
         per_tile = []  # (env, panel, values row, chars row, screen) in drawing order
         for d in steps:
-            for s in self.slots:
-                out = s.panel.unpack(d.packed[s.envs[0] : s.envs[-1] + 1])
-                values, chars = s.panel.pack(d.t, self.cfg.frames, out, d.scores[s.envs], d.lives[s.envs])
-                per_tile += [(e, s.panel, values[k], chars[k], d.screens[e]) for k, e in enumerate(s.envs)]
+            for panel, rows in zip(self.panels, self.rows, strict=True):
+                out = panel.unpack(d.outputs[rows])
+                values, chars = panel.pack(d.t, self.cfg.frames, out, d.scores[rows], d.lives[rows])
+                envs = range(rows.start, rows.stop)
+                per_tile += [(e, panel, values[k], chars[k], d.screens[e]) for k, e in enumerate(envs)]
+                if self.traces:
+                    for k, e in enumerate(envs):
+                        self.traces[e].write(d.t, out, k, d.rewards[e], d.scores[e], d.lives[e])
         # tiles of one layout side by side (one draw call per item kind); steps stay in order
         # within each env, which is all the encoders need
         per_tile.sort(key=lambda c: self.layout_rank[c[1].spec.layout_key])
@@ -329,77 +305,51 @@ class _Job:
                 self.encoders[c[0]].submit((frames[tile], c[4]) if r.software else frames[tile])
             self.stage_seconds["encode_wait"] += time.perf_counter() - t0
 
-    def run(self, progress: bool, on_frame: Callable[[int], None] | None) -> None:
-        from tqdm import tqdm
-
-        bar = tqdm(total=self.cfg.frames * self.n_envs, unit="frame", disable=not progress,
-                   desc=f"{self.game.name} x{len(self.slots)} milestones", dynamic_ncols=True)
+    def run(self) -> None:
+        """Draw every step the simulation sends, then finish every video (renamed into place)."""
+        for cb in self.callbacks:
+            cb.on_start(self.cfg.frames * self.n_envs, f"{self.game.name} x{len(self.panels)} milestones")
         steps_per_pass = max(1, self.renderer.max_tiles // self.n_envs)
-        pending: list[_StepData] = []
+        pending: list[Step] = []
 
         def flush() -> None:
             self._draw_steps(pending)
             if self.first_frame_time is None:
                 self.first_frame_time = time.perf_counter()
-            for d in pending:
-                self.frames_done += self.n_envs
-                bar.update(self.n_envs)
-                if on_frame is not None:
-                    on_frame(d.t)
+            self.frames_done += self.n_envs * len(pending)
+            for cb in self.callbacks:
+                cb.on_frames(self.n_envs * len(pending))
             pending.clear()
 
-        try:
-            while True:
-                t0 = time.perf_counter()
-                msg = self.sim.get()  # a step's screens come copied out of the shared ring
-                self.stage_seconds["draw_starved"] += time.perf_counter() - t0
-                if msg[0] == "done":
-                    _, self.returns, self.final_scores, sim_stages = msg
-                    self.stage_seconds.update(sim_stages)
-                    break
-                pending.append(_StepData(*msg[1:]))
-                if len(pending) == steps_per_pass:
-                    flush()
-            if pending:
+        while True:
+            t0 = time.perf_counter()
+            msg = self.sim.get()  # a step's screens come copied out of the shared ring
+            self.stage_seconds["draw_starved"] += time.perf_counter() - t0
+            if isinstance(msg, Done):
+                break
+            pending.append(msg)
+            if len(pending) == steps_per_pass:
                 flush()
-            for enc in self.encoders.values():
-                enc.finish()
-            self._finished = True
-        finally:
-            bar.close()
-
-    def write_sidecars(self, report: RenderReport) -> None:
-        if not self._finished:
-            return
-        digests = {s.milestone: sha256(s.milestone.path) for s in self.slots}  # once per checkpoint
-        for res in self.results:
-            s = next(s for s in self.slots if s.milestone == res.milestone)
-            e = s.envs[res.env_index]
-            info = s.panel.agent
-            res.frames = self.cfg.frames
-            res.episode_returns = list(self.returns[e])
-            meta = {
-                "video": res.path.name,
-                "checkpoint": str(s.milestone.path.resolve()),
-                "checkpoint_sha256": digests[s.milestone],
-                "milestone": s.milestone.label,
-                "game": self.game.name,
-                "algorithm": info.algo,
-                "seed": self.cfg.seed + res.env_index,
-                "frames": self.cfg.frames,
-                "fps": self.cfg.fps,
-                "episode_returns": res.episode_returns,
-                "unfinished_episode_score": float(self.final_scores[e]),
-                "render_fps": round(report.fps, 1),
-                "encoder": self.codec,
-                "renderer": self.renderer_name,
-                "device": report.device,
-                "backend": self.cfg.backend,
-                "deterministic": not self.cfg.stochastic,
-            }
-            res.path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        if pending:
+            flush()
+        self.stage_seconds.update(msg.stage_seconds)
+        for e, (video, enc) in enumerate(zip(self.videos, self.encoders, strict=True)):
+            enc.finish()
+            if self.traces:
+                self.traces[e].close()
+                video.trace = self.traces[e].path
+            video.frames = self.cfg.frames
+            video.episode_returns = list(msg.returns[e])
+            video.unfinished_score = float(msg.final_scores[e])
+            self.finished.append(video)
 
     def close(self) -> None:
-        if not self._finished:
-            for enc in self.encoders.values():
-                enc.abort()
+        """Abort every video that did not finish (its partial files are deleted)."""
+        done = {id(v) for v in self.finished}
+        for e, video in enumerate(self.videos):
+            if id(video) in done:
+                continue
+            if e < len(self.encoders):
+                self.encoders[e].abort()
+            if e < len(self.traces):
+                self.traces[e].abort()

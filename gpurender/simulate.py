@@ -5,14 +5,15 @@ with it alone, and torch is imported there while the checkpoints are already bei
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -24,53 +25,14 @@ from gpurender.config import RenderConfig
 from gpurender.errors import GpurenderError
 from gpurender.games import Game, action_meanings, resolve_game
 from gpurender.milestones import Milestone, read_checkpoint
-from gpurender.network import AgentInfo
+from gpurender.protocol import Channel, Done, Failed, Loaded, Step
 
 if TYPE_CHECKING:
     import torch
 
-    from gpurender.agents import Agent, AgentStack, LevelNormaliser
+    from gpurender.agents import Agent
 
 log = logging.getLogger(__name__)
-
-
-def launch(agent: Agent | AgentStack, normaliser: LevelNormaliser, obs: torch.Tensor) -> torch.Tensor:
-    """One batched forward, left on the agent's device as one packed (rows, width) float tensor:
-    action, value, probabilities, [Q-values], node levels; no host synchronisation here. An
-    :class:`~gpurender.agents.AgentStack` takes (M, B, ...) observations and gives M x B rows,
-    agent by agent."""
-    import torch
-
-    o = agent.act(obs)
-    parts = [o.actions.float()[..., None], o.value.float()[..., None], o.probs.float()]
-    if o.q_values is not None:
-        parts.append(o.q_values.float())
-    parts.append(normaliser(o.levels).float())
-    packed = torch.cat(parts, dim=-1)
-    return packed.reshape(-1, packed.shape[-1])
-
-
-def stack_forwards(device: torch.device) -> bool:
-    """Whether milestones of one architecture share one stacked forward
-    (:class:`~gpurender.agents.AgentStack`): on CUDA, unless ``GPURENDER_STACK_FORWARD=0``
-    (``=1`` stacks on any device: for tests and for measuring both ways)."""
-    flag = os.environ.get("GPURENDER_STACK_FORWARD", "")
-    return flag == "1" or (flag != "0" and device.type == "cuda")
-
-
-def forward_units(agents: list[Agent], stack: bool) -> list[tuple[Agent | AgentStack, LevelNormaliser, int]]:
-    """(agent or stack of consecutive same-architecture agents, its normaliser, agents covered),
-    in agent order."""
-    from gpurender.agents import AgentStack, LevelNormaliser, stack_key
-
-    units = []
-    for _, group in itertools.groupby(agents, key=stack_key if stack else id):
-        group = list(group)
-        if len(group) == 1:
-            units.append((group[0], LevelNormaliser(group[0].node_counts), 1))
-        else:
-            units.append((AgentStack(group), LevelNormaliser(group[0].node_counts, stack=len(group)), len(group)))
-    return units
 
 
 def read_checkpoints(pool: ThreadPoolExecutor, milestones: Sequence[Milestone]) -> list[Future]:
@@ -120,9 +82,7 @@ SCREEN_SHAPE = (210, 160, 3)  # every ALE game's screen
 class ScreenRing:
     """The steps' game screens, handed from the simulation process to the drawing process in
     shared memory: slot ``t % slots`` holds step ``t``'s (envs, 210, 160, 3) screens. The pipe
-    carries only the small per-step arrays. Pickled through the pipe, the 1.6 MB of screens per
-    step at 16 milestones kept the drawer waiting in the pipe's reads (py-spy on an H100; the
-    gain in frames/s is not measured yet: the one same-run comparison ran this code twice).
+    carries only the small per-step arrays.
 
     Steps are produced and consumed in order, so ``free`` (a semaphore of ``slots``) is all the
     bookkeeping: the producer takes one before it writes a slot, the consumer gives it back once
@@ -153,101 +113,138 @@ class ScreenRing:
         return screens
 
 
-def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], out: Connection,
-             stop: mp.Event, ring: ScreenRing) -> None:
-    """Child process: load the agents, report them, then send one message per step down ``out``
-    (its screens go through ``ring``). Sent from this thread: an ``mp.Queue``'s feeder thread
-    has to win the GIL from the busy simulation loop for every message (seen in py-spy)."""
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies, however it dies (Linux), so no
+    simulation outlives its render; elsewhere the pipe's end-of-file stops it at its next send."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def stack_forwards(cfg: RenderConfig, device: torch.device) -> bool:
+    """Whether milestones of one architecture share one stacked forward: as ``cfg`` says, by
+    default on CUDA only."""
+    return cfg.stack_forwards if cfg.stack_forwards is not None else device.type == "cuda"
+
+
+def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], conn: Connection,
+             stop: mp.Event, ring: ScreenRing, parent: int) -> None:
+    """Child process: load the agents, report them (:class:`Loaded`), then send one
+    :class:`Step` per frame (its screens go through ``ring``) and :class:`Done`; any failure is
+    sent as :class:`Failed`. Messages go from this thread: an ``mp.Queue``'s feeder thread would
+    have to win the GIL from the busy simulation loop for every message."""
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    out = Channel(conn)
     pool = ThreadPoolExecutor(max_workers=_read_threads(milestones))
     try:
         reads = read_checkpoints(pool, milestones)  # decompressing while torch is imported
         import torch
 
+        import cv2
+
         from gpurender.agents import pick_device
         from gpurender.envs import make_atari
+        from gpurender.rollout import Rollout, forward_units
 
         device = pick_device(cfg.device)
         if device.type == "cpu":
             # small batches gain little from intra-op threads; drawing and encoding need the cores
             torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 4)))
-        import cv2
-
         cv2.setNumThreads(0)  # frames are warped as one batch; OpenCV's idle pool workers spin
         game = resolve_game(game_name)
         failures: list[tuple[Path, str]] = []
         loaded = load_agents(cfg, game, device, milestones, failures, reads)
-        units = forward_units([a for _, a in loaded], stack_forwards(device))
-        out.send(("loaded", [(m, a.info) for m, a in loaded], failures, str(device), len(units)))
+        units = forward_units([a for _, a in loaded], cfg.envs_per_milestone, stack_forwards(cfg, device))
+        out.send(Loaded([(m, a.info) for m, a in loaded], failures, str(device), len(units)))
         if not loaded:
             return
-        e_per = cfg.envs_per_milestone
-        n_envs = len(loaded) * e_per
-        env = make_atari(game, [cfg.seed + e for _ in loaded for e in range(e_per)], cfg.backend)
+        seeds = [cfg.seed + e for _ in loaded for e in range(cfg.envs_per_milestone)]
+        rollout = Rollout(make_atari(game, seeds, cfg.backend), units, device)
         stages = dict.fromkeys(("infer", "env", "sim_blocked"), 0.0)
-        returns: list[list[float]] = [[] for _ in range(n_envs)]
-        scores = np.zeros(n_envs, np.float64)
-        # each unit's observations: its agents' envs, (M, envs, ...) for a stack
-        bounds = np.cumsum([0] + [count for _, _, count in units]) * e_per
-        spans = [(unit, nrm, slice(int(a), int(b)), (count, e_per) if count > 1 else (e_per,))
-                 for (unit, nrm, count), a, b in zip(units, bounds[:-1], bounds[1:], strict=True)]
-        step = env.reset()
         for t in range(cfg.frames):
             if stop.is_set():
                 return
             t0 = time.perf_counter()
-            obs = torch.from_numpy(step.obs).to(device, non_blocking=True)
-            packed = [launch(unit, nrm, obs[rows].view(*lead, *obs.shape[1:])) for unit, nrm, rows, lead in spans]
-            width = max(p.shape[1] for p in packed)
-            host = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in packed]).cpu().numpy()
+            outputs = rollout.act()
             t1 = time.perf_counter()
             stages["infer"] += t1 - t0
-            if not ring.put(t, step.screens, stop):
+            state = rollout.state
+            if not ring.put(t, state.screens, stop):
                 return
-            out.send(("step", t, host, scores.copy(), step.lives))
+            out.send(Step(t, outputs, rollout.rewards.copy(), rollout.scores.current.copy(), state.lives))
             t2 = time.perf_counter()
             stages["sim_blocked"] += t2 - t1
-            if t + 1 == cfg.frames:
-                break
-            step = env.step(host[:, 0].astype(np.int64))
-            scores += step.rewards
-            for e in np.flatnonzero(step.game_over):
-                returns[e].append(float(scores[e]))
-                scores[e] = 0.0
-            stages["env"] += time.perf_counter() - t2
-        env.close()
-        out.send(("done", returns, scores, stages))
+            if t + 1 < cfg.frames:
+                rollout.advance(outputs[:, 0].astype(np.int64))
+                stages["env"] += time.perf_counter() - t2
+        rollout.close()
+        out.send(Done(rollout.scores.returns, rollout.scores.current, stages))
+    except (BrokenPipeError, EOFError, ConnectionResetError):
+        return  # the parent is gone or stopped listening: nobody to tell
     except GpurenderError as exc:
-        out.send(("error", str(exc), ""))
+        _send_failure(out, Failed(str(exc)))
     except BaseException as exc:  # reported by the parent with the child's traceback
-        out.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        _send_failure(out, Failed(f"{type(exc).__name__}: {exc}", traceback.format_exc()))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _send_failure(out: Channel, msg: Failed) -> None:
+    with contextlib.suppress(OSError):
+        out.send(msg)
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start a spawned child without re-running the user's ``__main__``.
+
+    A spawned child imports the parent's main script (or ``-m`` module) before it runs its
+    target, so a plain script that calls :func:`gpurender.pipeline.render` at top level would
+    render again inside the child. The simulation's target needs nothing from ``__main__``, so
+    the child is told there is none while it is started."""
+    main = sys.modules["__main__"]
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
 class SimulationProcess:
-    """The parent's handle on :func:`simulate`."""
+    """The parent's handle on :func:`simulate`: :meth:`loaded` first, then :meth:`get` until
+    :class:`Done`. A failure in the child is raised here."""
 
     def __init__(self, cfg: RenderConfig, game: Game, milestones: list[Milestone]) -> None:
         ctx = mp.get_context("spawn")
-        # the drawer takes up to 16 frames (tiles) per pass: room for two passes' worth of steps
+        # the drawer takes up to max_tiles frames per pass: room for two passes' worth of steps
         # plus the one being copied out and the one being written, so memory stays bounded by the
         # number of envs, never by the clip's length
         envs = len(milestones) * cfg.envs_per_milestone
-        steps_per_pass = max(1, 16 // max(1, envs))
+        steps_per_pass = max(1, cfg.max_tiles // max(1, envs))
         self.ring = ScreenRing(ctx, max(4, 2 * steps_per_pass) + 2, envs)
-        self.conn, child_end = ctx.Pipe(duplex=False)
+        conn, child_end = ctx.Pipe(duplex=False)
+        self.channel = Channel(conn)
         self.stop = ctx.Event()
-        self.proc = ctx.Process(target=simulate, args=(cfg, game.name, milestones, child_end, self.stop, self.ring),
-                                name="gpurender-simulate", daemon=True)
-        self.proc.start()
+        self.proc = ctx.Process(target=simulate, name="gpurender-simulate", daemon=True,
+                                args=(cfg, game.name, milestones, child_end, self.stop, self.ring, os.getpid()))
+        with _main_module_hidden():
+            self.proc.start()
         child_end.close()  # the child's copy stays open: its death reads as end-of-file here
 
-    def get(self) -> tuple:
-        """The next message; raises if the child failed or died."""
+    def get(self) -> Loaded | Step | Done:
+        """The next message (a :class:`Step` with its screens copied out of the ring); raises if
+        the child failed or died."""
         while True:
             try:
-                msg = self.conn.recv() if self.conn.poll(1.0) else None
+                msg = self.channel.recv(timeout=1.0)
             except (EOFError, OSError):
                 msg = None
                 self.proc.join(5.0)
@@ -257,28 +254,32 @@ class SimulationProcess:
                     how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
                     raise GpurenderError(f"the simulation process died ({how}; out of memory?)")
                 continue
-            if msg[0] == "error":
-                if msg[2]:
-                    log.error("simulation process failed:\n%s", msg[2])
-                    raise RuntimeError(msg[1])
-                raise GpurenderError(msg[1])
-            if msg[0] == "step":  # ("step", t, screens, packed, scores, lives): one row per env
-                _, t, packed, scores, lives = msg
-                return "step", t, self.ring.take(t, len(packed)), packed, scores, lives
+            if isinstance(msg, Failed):
+                if msg.traceback:
+                    log.error("simulation process failed:\n%s", msg.traceback)
+                    raise RuntimeError(msg.message)
+                raise GpurenderError(msg.message)
+            if isinstance(msg, Step):
+                return msg._replace(screens=self.ring.take(msg.t, len(msg.outputs)))
             return msg
 
-    def loaded(self) -> tuple[list[tuple[Milestone, AgentInfo]], list[tuple[Path, str]], str, int]:
-        """-> (agents loaded, failures (path, reason), torch device, forwards per step)."""
-        _, loaded, failures, device, forwards = self.get()
-        return loaded, failures, device, forwards
+    def loaded(self) -> Loaded:
+        msg = self.get()
+        if not isinstance(msg, Loaded):
+            raise RuntimeError(f"expected the simulation's Loaded message first, got {type(msg).__name__}")
+        return msg
 
     def close(self) -> None:
+        """Stop the child and wait for it (it is killed if it does not stop within seconds)."""
         self.stop.set()
-        while self.proc.is_alive():  # drain so a child blocked on a full pipe can see the stop
-            try:
-                if self.conn.poll(0.05):
-                    self.conn.recv()
-            except (EOFError, OSError):
+        deadline = time.monotonic() + 10.0
+        while self.proc.is_alive() and time.monotonic() < deadline:
+            try:  # drain so a child blocked on a full pipe can see the stop
+                self.channel.recv(timeout=0.05)
+            except (EOFError, OSError, TypeError):
                 break
             self.proc.join(0.05)
-        self.conn.close()
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join()
+        self.channel.close()
