@@ -48,8 +48,10 @@ from gpurender.encode import EncodeSettings, VideoWriter, nvenc_unavailable_reas
 from gpurender.envs import make_atari
 from gpurender.games import resolve_game
 from gpurender.milestones import find_milestones
-from gpurender.pipeline import MilestonePanel
+from gpurender.panel import MilestonePanel
+from gpurender.protocol import StepOutputs
 from gpurender.render import FrameRenderer, PanelSpec
+from gpurender.rollout import Rollout, forward_units
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCHES = (1, 8, 32, 128)
@@ -149,8 +151,8 @@ class PanelFrames:
     """(T, n_slots) uint8, per step."""
     screens: np.ndarray
     """(T, 210, 160, 3) uint8, per step."""
-    outputs: list[dict]
-    """``MilestonePanel.infer`` per step (batch 1), for the packing stage."""
+    outputs: list[StepOutputs]
+    """The agent's outputs per step (batch 1), for the packing stage."""
     yuv: np.ndarray | None = None
     """(T, 810, 960) uint8, filled by :func:`draw_clip`."""
 
@@ -168,23 +170,20 @@ def play_clip(agent: Agent, checkpoint: Path, renderer: FrameRenderer, steps: in
               game: str = "Breakout") -> PanelFrames:
     """Play ``steps`` agent steps of one env and pack every panel the way the pipeline does."""
     g = resolve_game(game)
-    panel = MilestonePanel(find_milestones([checkpoint])[0], agent, g, renderer)
-    env = make_atari(g, [0], "envpool")
+    panel = MilestonePanel(find_milestones([checkpoint])[0], agent.info, g, renderer)
+    rollout = Rollout(make_atari(g, [0], "envpool"), forward_units([agent], 1, stack=False), agent.device)
     rng = np.random.default_rng(0)
-    step = env.reset()
     values, chars, screens, outputs = [], [], [], []
-    score = np.zeros(1)
     for t in range(steps):
-        out = panel.infer(step.obs)
-        v, c = panel.pack(t, steps, out, score, step.lives)
+        out = panel.unpack(rollout.act())
+        v, c = panel.pack(t, steps, out, rollout.scores.current, rollout.state.lives)
         values.append(v[0])
         chars.append(c[0])
-        screens.append(step.screens[0])
+        screens.append(rollout.state.screens[0])
         outputs.append(out)
-        action = out["actions"] if rng.random() > 0.3 else rng.integers(0, len(env.action_names), 1)
-        step = env.step(np.asarray(action, np.int64))
-        score += step.rewards
-    env.close()
+        action = out.actions if rng.random() > 0.3 else rng.integers(0, len(rollout.env.action_names), 1)
+        rollout.advance(action)
+    rollout.close()
     return PanelFrames(panel, np.stack(values), np.stack(chars), np.stack(screens), outputs)
 
 
@@ -212,8 +211,9 @@ def draw_clip(r: FrameRenderer, clip: PanelFrames) -> np.ndarray:
 def bench_pack(clip: PanelFrames, batch: int, target: int) -> Row:
     """``MilestonePanel.pack``: the per-frame text and value packing done in Python on the main thread."""
     outs = clip.outputs
-    batched = {k: None if outs[0][k] is None else np.concatenate([outs[i % len(outs)][k] for i in range(batch)])
-               for k in outs[0]}
+    per_field = zip(*outs, strict=True)  # each field's per-step arrays
+    batched = StepOutputs(*(None if f[0] is None else np.concatenate([f[i % len(f)] for i in range(batch)])
+                            for f in per_field))
     scores, lives = np.zeros(batch), np.full(batch, 5)
     t = 0
 

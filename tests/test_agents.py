@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpurender.agents import Agent, AgentOutput, AgentStack, LevelNormaliser, detect_algo
+from gpurender.agents import Agent, AgentStack, detect_algo
+from gpurender.protocol import LevelNormaliser, StepColumns, StepOutputs
 from gpurender.errors import GpurenderError
 
 KINDS = ["ppo", "a2c", "ppo_separate", "dqn", "qrdqn"]
@@ -65,13 +66,13 @@ def test_act_equals_sb3_policy(kind, agents, obs):
     agent = agents(kind)
     assert agent.algo == ALGO[kind] and agent.n_actions == 4 and agent.device == torch.device("cpu")
     out = agent.act(obs)
-    assert isinstance(out, AgentOutput)
+    assert isinstance(out, StepOutputs)
     ref = _sb3_reference(agent, obs)
     assert out.actions.shape == (B,) and out.actions.dtype == torch.int64
-    assert out.probs.shape == (B, 4) and out.value.shape == (B,)
+    assert out.probs.shape == (B, 4) and out.values.shape == (B,)
     torch.testing.assert_close(out.probs, ref["probs"], atol=1e-5, rtol=0)
     torch.testing.assert_close(out.probs.sum(dim=1), torch.ones(B), atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.value, ref["value"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.values, ref["value"], atol=1e-5, rtol=0)
     if agent.algo in ("DQN", "QRDQN"):
         assert out.q_values is not None and out.q_values.shape == (B, 4)
         torch.testing.assert_close(out.q_values, ref["q_values"], atol=1e-5, rtol=0)
@@ -117,7 +118,7 @@ def test_stacked_forward_equals_each_agents_own(kind, agents, obs):
         levels = stacked_norm(got.levels)
         for m, agent in enumerate(group):
             want = agent.act(x[m])
-            for field in ("probs", "value", "levels", "q_values"):
+            for field in ("probs", "values", "levels", "q_values"):
                 w = getattr(want, field)
                 if w is None:
                     assert getattr(got, field) is None
@@ -139,7 +140,7 @@ def test_batched_equals_per_env(kind, agents, obs):
     agent = agents(kind)
     batch = agent.act(obs)
     singles = [agent.act(obs[i : i + 1]) for i in range(B)]
-    for field in ("probs", "value", "levels", "q_values"):
+    for field in ("probs", "values", "levels", "q_values"):
         got = getattr(batch, field)
         if got is None:
             continue
@@ -284,3 +285,30 @@ def test_missing_cuda_device_is_a_clear_error(ppo_checkpoint):
         pytest.skip("this machine has a GPU")
     with pytest.raises(GpurenderError, match="no CUDA GPU"):
         Agent(ppo_checkpoint, device="cuda")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_step_outputs_cross_the_process_boundary_unchanged(kind, agents, obs):
+    """What the simulation packs is what the panel unpacks: every field of a real forward, also
+    from rows padded to a wider agent's width, and a stack's rows agent by agent."""
+    agent = agents(kind)
+    out = LevelNormaliser(agent.node_counts).outputs(agent.act(obs))
+    columns = StepColumns.of(agent.info)
+    packed = out.pack().numpy()
+    assert packed.shape == (B, columns.width)
+    padded = np.pad(packed, ((0, 0), (0, 7)))
+    for rows in (packed, padded):
+        got = StepOutputs.unpack(rows, columns)
+        np.testing.assert_array_equal(got.actions, out.actions.numpy())
+        for field in ("values", "probs", "levels", "q_values"):
+            want = getattr(out, field)
+            if want is None:
+                assert getattr(got, field) is None
+            else:
+                np.testing.assert_array_equal(getattr(got, field), want.numpy())
+    stack = AgentStack([agent, _other_weights(agent, 1.1)])
+    x = np.stack([obs, obs])
+    stacked = StepOutputs.unpack(stack.act(torch.as_tensor(x)).pack().numpy(), columns)
+    np.testing.assert_allclose(stacked.probs[:B], agent.act(obs).probs.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="columns"):
+        StepOutputs.unpack(packed[:, :-1], columns)

@@ -323,24 +323,19 @@ def _mean_ci(scores: list[float]) -> tuple[float, float, float]:
 
 
 def _envpool_game_scores(agent, game, n_games: int, seed: int, max_steps: int = 27_000) -> list[float]:
-    """One full game (all lives) per env, the agent acting through the envpool backend."""
-    import torch
+    """One full game (all lives) per env, the agent acting through the envpool backend and the
+    renderer's own rollout core."""
+    from gpurender.rollout import Rollout, forward_units
 
-    env = make_atari(game, [seed + i for i in range(n_games)], "envpool")
-    s = env.reset()
-    score = np.zeros(n_games)
-    final = np.full(n_games, np.nan)
+    rollout = Rollout(make_atari(game, [seed + i for i in range(n_games)], "envpool"),
+                      forward_units([agent], n_games, stack=False), agent.device)
     for _ in range(max_steps):
-        s = env.step(agent.act(torch.as_tensor(s.obs)).actions.cpu().numpy())
-        score += s.rewards
-        ended = s.game_over & np.isnan(final)
-        final[ended] = score[ended]
-        score[s.game_over] = 0
-        if not np.isnan(final).any():
+        rollout.advance(rollout.act()[:, 0])
+        if all(rollout.scores.returns):
             break
-    env.close()
-    final[np.isnan(final)] = score[np.isnan(final)]  # games cut at the step limit count as they stand
-    return final.tolist()
+    rollout.close()
+    # games cut at the step limit count as they stand
+    return [r[0] if r else float(s) for r, s in zip(rollout.scores.returns, rollout.scores.current, strict=True)]
 
 
 def _sb3_game_scores(agent, game, n_games: int, seed: int) -> list[float]:

@@ -24,11 +24,11 @@ def test_cuda_outputs_equal_sb3_on_the_same_device(name: str, request: pytest.Fi
         if agent.algo == "DQN":
             q = policy.q_net(obs)
             torch.testing.assert_close(out.q_values, q, atol=1e-5, rtol=0)
-            torch.testing.assert_close(out.value, q.max(dim=1).values, atol=1e-5, rtol=0)
+            torch.testing.assert_close(out.values, q.max(dim=1).values, atol=1e-5, rtol=0)
         else:
             probs = policy.get_distribution(obs).distribution.probs
             torch.testing.assert_close(out.probs, probs, atol=1e-5, rtol=0)
-            torch.testing.assert_close(out.value, policy.predict_values(obs).flatten(), atol=1e-5, rtol=0)
+            torch.testing.assert_close(out.values, policy.predict_values(obs).flatten(), atol=1e-5, rtol=0)
     # batched == per-env on the GPU too
     for i in (0, 7, 15):
         single = agent.act(obs[i : i + 1])
