@@ -83,7 +83,8 @@ def test_rerun_keeps_matching_videos_and_rerenders_changed_ones(ppo_checkpoint: 
 
 
 def test_simulation_dies_with_a_killed_render(ppo_checkpoint: Path, tmp_path: Path):
-    """SIGKILL of the render (no handler can run): its simulation child does not outlive it."""
+    """SIGKILL of the render (no handler can run) while its simulation waits for the drawer to
+    free a slot: the simulation child does not outlive it."""
     psutil = pytest.importorskip("psutil")
     proc = start_cli("render", "--model-dir", ppo_checkpoint, "--output-dir", tmp_path, "--clip-seconds", "60",
                      "--device", "cpu", "--quiet")
@@ -95,6 +96,8 @@ def test_simulation_dies_with_a_killed_render(ppo_checkpoint: Path, tmp_path: Pa
             children = psutil.Process(proc.pid).children(recursive=True)
             time.sleep(0.05)
         time.sleep(1.0)  # let it get past start-up
+        os.kill(proc.pid, signal.SIGSTOP)  # the drawer stops taking steps: the simulation fills its ring
+        time.sleep(2.0)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         wait_cli(proc, timeout=30)
