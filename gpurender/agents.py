@@ -101,7 +101,7 @@ def _group_matrix(w: np.ndarray, out_nodes: int, in_nodes: int) -> np.ndarray:
 
 class _NoOptimizer:
     """Stands in for the policy's optimizer: rendering never trains, and constructing a torch
-    optimizer imports ``torch._dynamo`` (about 3 s of start-up on a small CPU)."""
+    optimizer imports ``torch._dynamo``, seconds of start-up on a small CPU."""
 
     def __init__(self, params: object, lr: object = None, **kwargs: object) -> None:
         del params, lr, kwargs
@@ -129,7 +129,7 @@ def load_policy(path: Path, algo: str, raw_data: str, raw_policy: bytes,
     if algo in ("PPO", "A2C"):
         kwargs["use_sde"] = bool(data.get("use_sde", False))
         # every parameter is overwritten by the checkpoint right after: skip the orthogonal
-        # initialisation, whose QR decompositions of a NatureCNN cost seconds on a small CPU
+        # initialisation (QR decompositions: slow on a small CPU)
         kwargs["ortho_init"] = False
     lr = data.get("learning_rate", 0.0)
     data["learning_rate_now"] = float(lr(1.0) if callable(lr) else lr)

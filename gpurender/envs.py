@@ -207,8 +207,8 @@ def _import_envpool():
     """``import envpool`` with only its Atari family registered.
 
     ``envpool/__init__`` imports ``envpool.entry``, which registers every env family EnvPool
-    ships and so imports matplotlib, jumanji renderers and more: ~1.7 s of a render's start-up on
-    a small CPU, for envs gpurender never makes. If nothing imported EnvPool yet, the entry
+    ships and so imports matplotlib, jumanji renderers and more (see benchmarks/README.md for
+    the start-up it costs), for envs gpurender never makes. If nothing imported EnvPool yet, the entry
     module is held out while the package loads and the Atari registration is imported on its
     own; a later ``import envpool.entry`` (someone else's code) still registers the rest."""
     import sys
@@ -271,8 +271,8 @@ class EnvPoolSource:
         else:
             lives = np.asarray(info["lives"])
         self._lives[ids] = lives
-        # EnvPool's frames are channel-planar; cv2.merge interleaves a frame in ~7 us, where
-        # numpy's strided transpose copy takes ~180 us
+        # EnvPool's frames are channel-planar; cv2.merge interleaves them far faster than
+        # numpy's strided transpose copy
         frames = np.empty((len(obs), *obs.shape[2:], obs.shape[1]), np.uint8)
         for frame, planes in zip(frames, obs, strict=True):
             cv2.merge(list(planes), dst=frame)
