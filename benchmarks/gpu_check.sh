@@ -15,7 +15,8 @@ lscpu | grep -E "Model name|^CPU\(s\)" | tee -a "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 python3 -m gpurender info 2>&1 | quiet | tee -a "$OUT/gpu.txt"
 nvidia-smi dmon -s u -d 1 >"$OUT/dmon.txt" 2>&1 &
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_agents.py 2>&1 | tail -8 | tee "$OUT/pytest.txt"
+python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_agents.py tests/test_rollout.py \
+  tests/test_truth.py 2>&1 | tail -8 | tee "$OUT/pytest.txt"
 e2e() { python3 benchmarks/gpu_e2e.py "$@" 2>&1 | quiet | tee -a "$OUT/e2e.txt"; }
 e2e --milestones 16 --seconds "$SECONDS_PER_CLIP" --name "$NAME-16-stacked"
 if [ -n "${BASELINE:-}" ]; then  # another checkout's gpurender/ + shaders/ (e.g. git archive of an older commit)
@@ -24,7 +25,7 @@ if [ -n "${BASELINE:-}" ]; then  # another checkout's gpurender/ + shaders/ (e.g
   PYTHONSAFEPATH=1 PYTHONPATH=/tmp/site:$PWD/$BASELINE e2e --milestones 16 --seconds "$SECONDS_PER_CLIP" --name "$NAME-16-baseline"
 fi
 e2e --milestones 1,4 --seconds "$SECONDS_PER_CLIP" --name "$NAME-1-4"
-[ "${PER_MILESTONE:-1}" = 1 ] && GPURENDER_STACK_FORWARD=0 e2e --milestones 16 --seconds "$SECONDS_PER_CLIP" \
-  --name "$NAME-16-per-milestone"
+[ "${PER_MILESTONE:-1}" = 1 ] && e2e --milestones 16 --seconds "$SECONDS_PER_CLIP" \
+  --name "$NAME-16-per-milestone" -- --stack-forwards off
 kill %1 2>/dev/null
 cp benchmarks/results/gpu-"$NAME"-*.json "$OUT/" 2>/dev/null || true
