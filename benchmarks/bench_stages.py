@@ -44,7 +44,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gpurender.agents import Agent, pick_device
-from gpurender.encode import EncodeSettings, VideoWriter, nvenc_unavailable_reason
+from gpurender.encode import EncodeSettings, VideoWriter, configure_opencv_threads, nvenc_unavailable_reason
 from gpurender.envs import make_atari
 from gpurender.games import resolve_game
 from gpurender.milestones import find_milestones
@@ -328,7 +328,9 @@ def stage_setup(device: torch.device, quick: bool) -> Iterator[tuple[Agent, Fram
 def run_stages(device: torch.device, batches: list[int], quick: bool, report: Callable[[Row], None],
                gym: bool = True) -> dict:
     """Every stage at every batch size; ``report`` gets each row as it is measured. -> context
-    (renderer name, encoders) for the results header."""
+    (renderer name, encoders) for the results header. OpenCV runs as in a render (its thread
+    pool off)."""
+    configure_opencv_threads()
     env_target, agent_target, frame_target = (200, 64, 32) if quick else (1000, 384, 128)
     for b in batches:
         report(bench_env("envpool", b, env_target))

@@ -1,4 +1,6 @@
-"""``gpurender render | demo | preview | bench | info``."""
+"""``gpurender render | demo | preview | bench | info``: the one module that reads the command
+line. It turns arguments into typed configs (:class:`~gpurender.config.RenderConfig`,
+:class:`~gpurender.config.PreviewConfig`) and calls the library with them."""
 
 from __future__ import annotations
 
@@ -7,110 +9,183 @@ import json
 import logging
 import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from gpurender.config import BACKENDS, ENCODERS, X264_PRESETS, PreviewConfig, RenderConfig, merge, read_yaml_config
 from gpurender.errors import GpurenderError
 
+INTERRUPTED = "gpurender: interrupted; unfinished videos were removed, finished ones kept"
+STACK_FORWARDS = {"auto": None, "on": True, "off": False}
+_DEFAULT = RenderConfig()
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-dir", nargs="+", metavar="PATH",
-                   help="run folder(s), milestones/ folder(s) or checkpoint .zip files")
-    p.add_argument("--config", type=Path,
-                   help="the original tool's conf/config.yaml (game, algo, fps, clip length, milestones)")
-    p.add_argument("--game", help="Atari game the agents play (default Breakout)")
-    p.add_argument("--seed", type=int, help="env e of each milestone uses seed+e (default 0)")
-    p.add_argument("--device", help="torch device: auto (default), cpu, cuda, cuda:1")
-    p.add_argument("--backend", choices=("envpool", "gym"), help="Atari backend (default envpool)")
+
+# -- options -----------------------------------------------------------------------------------
+
+
+def _verbose(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: given after the subcommand it sets verbose, absent it leaves the top level's value
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log what is chosen and why")
+
+
+def _source(p: argparse.ArgumentParser) -> None:
+    """Which checkpoints, which game, how the agents act."""
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model-dir", nargs="+", metavar="PATH",
+                       help="run folder(s), milestones/ folder(s) or checkpoint .zip files")
+    which.add_argument("--demo", action="store_true",
+                       help="use the bundled demo checkpoints (PPO Breakout at 0, 25, 50 and 100%%) "
+                       "instead of --model-dir")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="the original tool's conf/config.yaml (game, algo, fps, clip length, milestones); "
+                   "flags override it")
+    p.add_argument("--game", help=f"Atari game the agents play: Breakout, BreakoutNoFrameskip-v4, ALE/Breakout-v5 "
+                   f"... (default {_DEFAULT.game})")
+    p.add_argument("--milestones", metavar="LABELS", help="only these milestone labels, e.g. 10,50,100")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help=f"Atari backend: envpool (fast) or gym (SB3's own wrappers) (default {_DEFAULT.backend})")
     p.add_argument("--stochastic", action="store_true", default=None,
-                   help="sample actions instead of the most likely one")
+                   help="sample actions from the policy instead of taking the most likely one")
 
 
-def _render_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output-dir", type=Path, help="where videos go (default ./videos)")
-    p.add_argument("--clip-seconds", type=float, help="length of each video (default 90)")
-    p.add_argument("--fps", type=int, help="frames per second (default 30)")
-    p.add_argument("--milestones", help="only these milestone labels, e.g. 10,50,100")
-    p.add_argument("--envs-per-milestone", type=int, help="games per milestone, one video each (default 1)")
-    p.add_argument("--encoder", choices=("auto", "nvenc", "x264"), help="H.264 encoder (default auto)")
-    p.add_argument("--crf", type=int, help="quality, lower is better (default 23)")
-    p.add_argument("--preset", help="libx264 preset (default ultrafast: at CRF 23 the fastest and the "
-                   "sharpest; veryfast makes files ~3x smaller for ~2x the encoding time)")
+def _job(p: argparse.ArgumentParser, output_dir: Path, clip_seconds: float) -> None:
+    """The options ``render`` and ``demo`` share: where, how long, how encoded."""
+    p.add_argument("--output-dir", type=Path, metavar="DIR",
+                   help=f"where videos and sidecars go (default {output_dir})")
+    p.add_argument("--clip-seconds", type=float, metavar="S", help=f"length of each video (default {clip_seconds:g})")
+    p.add_argument("--fps", type=int, metavar="N", help=f"video frame rate, one agent step per frame "
+                   f"(default {_DEFAULT.fps})")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help=f"env e of each milestone is seeded N+e: same seed, same video (default {_DEFAULT.seed})")
+    p.add_argument("--device", help="torch device for inference: auto (CUDA if present), cpu, cuda, cuda:1 "
+                   "(default auto)")
+    p.add_argument("--encoder", choices=ENCODERS, help="H.264 encoder: NVENC where the GPU has one, else "
+                   "libx264 (default auto)")
     p.add_argument("--force", action="store_true", default=None, help="re-render videos that already exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--trace", action="store_true", default=None,
+                   help="also write every number each frame's panel shows to <video>.trace.jsonl")
+    p.add_argument("--stack-forwards", choices=tuple(STACK_FORWARDS),
+                   help="run milestones of one architecture as one stacked forward: auto (on CUDA only), "
+                   "on, off (default auto)")
+
+
+def _render_only(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--envs-per-milestone", type=int, metavar="N",
+                   help=f"independent games per milestone, one video each (default {_DEFAULT.envs_per_milestone})")
+    p.add_argument("--crf", type=int, metavar="0-51",
+                   help=f"quality: x264 CRF / NVENC CQ, lower is better and larger (default {_DEFAULT.crf})")
+    p.add_argument("--preset", metavar="NAME",
+                   help=f"libx264 preset: {', '.join(X264_PRESETS)} (default {_DEFAULT.preset}: at CRF 23 the "
+                   "fastest and the sharpest; veryfast makes files ~3x smaller for ~2x the encoding time)")
     p.add_argument("--stats-json", type=Path, metavar="PATH",
                    help="write the job's frames, wall seconds and per-stage seconds here as JSON (benchmarks)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gpurender import demo
+
     parser = argparse.ArgumentParser(prog="gpurender",
                                      description="Analytics videos of trained Atari agents, drawn by shaders.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is chosen and why")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     r = sub.add_parser("render", help="render one video per milestone checkpoint")
-    _common(r)
-    _render_args(r)
-    d = sub.add_parser("demo", help="render the bundled demo milestones (no checkpoint needed)")
-    d.add_argument("--output-dir", type=Path, default=Path("gpurender-demo"))
-    d.add_argument("--clip-seconds", type=float, default=20.0)
-    d.add_argument("--device", default="auto")
-    d.add_argument("--encoder", choices=("auto", "nvenc", "x264"), default="auto")
-    d.add_argument("--force", action="store_true")
-    d.add_argument("--quiet", action="store_true")
+    _verbose(r)
+    _source(r)
+    _job(r, _DEFAULT.output_dir, _DEFAULT.clip_seconds)
+    _render_only(r)
+
+    d = sub.add_parser("demo", help="render the bundled demo milestones (no checkpoint needed) and a contact sheet")
+    _verbose(d)
+    _job(d, demo.OUTPUT_DIR, demo.CLIP_SECONDS)
+
     pv = sub.add_parser("preview", help="watch an agent live in a window")
-    _common(pv)
-    pv.add_argument("--fps", type=int, help="agent steps per second at speed 1; also the recordings' rate (default 30)")
-    pv.add_argument("--speed", type=float, default=1.0, help="pace multiplier (+/- keys change it)")
+    _verbose(pv)
+    _source(pv)
+    pv.add_argument("--seed", type=int, metavar="N", help=f"env seed (default {_DEFAULT.seed})")
+    pv.add_argument("--device", help="torch device: auto (default), cpu, cuda, cuda:1")
+    pv.add_argument("--fps", type=int, metavar="N",
+                    help=f"agent steps per second at speed 1; also the recordings' rate (default {_DEFAULT.fps})")
+    pv.add_argument("--speed", type=float, default=PreviewConfig.speed, help="pace multiplier (+/- keys change it)")
     pv.add_argument("--uncapped", action="store_true", help="run as fast as possible and show the fps")
-    pv.add_argument("--output-dir", type=Path, default=Path("."), help="screenshots and recordings go here")
-    pv.add_argument("--encoder", choices=("auto", "nvenc", "x264"), help="H.264 encoder for recordings (default auto)")
-    pv.add_argument("--max-frames", type=int, default=0, help=argparse.SUPPRESS)
-    b = sub.add_parser("bench", help="run the benchmark suite")
-    b.add_argument("args", nargs=argparse.REMAINDER, help="passed to benchmarks/bench.py")
-    sub.add_parser("info", help="what gpurender finds on this machine")
+    pv.add_argument("--output-dir", type=Path, default=PreviewConfig.output_dir, metavar="DIR",
+                    help="screenshots and recordings go here (default .)")
+    pv.add_argument("--encoder", choices=ENCODERS, default=PreviewConfig.encoder,
+                    help="H.264 encoder for recordings (default auto)")
+    pv.add_argument("--max-frames", type=int, default=PreviewConfig.max_frames, metavar="N",
+                    help="close after N frames (default 0: when the window is closed)")
+
+    b = sub.add_parser("bench", help="run the benchmark suite (from a source checkout)")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="passed to benchmarks/bench.py (see bench --help)")
+
+    i = sub.add_parser("info", help="what gpurender finds on this machine")
+    _verbose(i)
     return parser
 
 
-def _render_config(args: argparse.Namespace):
-    from gpurender.config import RenderConfig, merge, read_yaml_config
+# -- arguments -> configs ----------------------------------------------------------------------
 
-    cfg = RenderConfig()
-    if getattr(args, "config", None):
+
+def render_config(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> RenderConfig:
+    """The :class:`RenderConfig` that ``args`` (of ``render`` or ``preview``) describe: defaults,
+    then ``--config``'s YAML, then the flags given; ``skip`` names fields the command keeps for
+    itself."""
+    from gpurender.demo import GAME, demo_checkpoints
+
+    cfg = _DEFAULT
+    if args.config is not None:
         cfg = merge(cfg, read_yaml_config(args.config))
-    if not args.model_dir:
-        raise GpurenderError("--model-dir is required (a run folder, its milestones/ folder or .zip files)")
-    overrides = {k: getattr(args, k, None) for k in (
-        "game", "seed", "device", "backend", "stochastic", "output_dir", "clip_seconds", "fps",
-        "envs_per_milestone", "encoder", "crf", "preset", "force")}
-    overrides["model_dir"] = tuple(Path(p) for p in args.model_dir)
-    if getattr(args, "milestones", None):
+    if args.demo:
+        model_dir: tuple[Path, ...] = tuple(demo_checkpoints())
+        if args.game is None:
+            cfg = merge(cfg, {"game": GAME})
+    elif args.model_dir:
+        model_dir = tuple(Path(p) for p in args.model_dir)
+    else:
+        raise GpurenderError("--model-dir is required (a run folder, its milestones/ folder or .zip files; "
+                             "--demo uses the bundled checkpoints)")
+    overrides = _flags(args, "game", "backend", "stochastic")
+    overrides["model_dir"] = model_dir
+    if args.milestones:
         overrides["milestones"] = tuple(x.strip() for x in args.milestones.split(",") if x.strip())
-    return merge(cfg, overrides)
+    overrides.update(_job_flags(args))
+    return merge(cfg, {k: v for k, v in overrides.items() if k not in skip})
 
 
-def _print_summary(report) -> None:
-    rows = [("milestone", "frames", "episode returns", "file")]
-    for v in report.videos:
-        returns = "skipped (exists; --force re-renders)" if v.skipped else (
-            ", ".join(f"{x:g}" for x in v.episode_returns) or "no game finished")
-        rows.append((v.milestone.display, str(v.frames) if not v.skipped else "-", returns, str(v.path)))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for i, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-    if report.frames:
-        print(f"{report.frames} frames in {report.wall_seconds:.1f} s: {report.fps:.1f} frames/s "
-              f"({report.encoder}, {report.renderer}, torch on {report.device})")
-    for path, msg in report.failures:
-        print(f"gpurender: failed: {msg if str(path) in msg else f'{path}: {msg}'}", file=sys.stderr)
+def _flags(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    return {name: getattr(args, name, None) for name in names}
+
+
+def _job_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """RenderConfig fields from the options of :func:`_job` and :func:`_render_only` present in ``args``."""
+    out = _flags(args, "output_dir", "clip_seconds", "fps", "seed", "device", "encoder", "force", "trace",
+                 "envs_per_milestone", "crf", "preset")
+    stack = getattr(args, "stack_forwards", None)
+    if stack is not None:
+        out["stack_forwards"] = STACK_FORWARDS[stack]
+    return out
+
+
+def preview_config(args: argparse.Namespace) -> PreviewConfig:
+    return PreviewConfig(speed=args.speed, uncapped=args.uncapped, output_dir=args.output_dir, encoder=args.encoder,
+                         max_frames=args.max_frames)
+
+
+# -- commands ----------------------------------------------------------------------------------
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    cfg = render_config(args)  # bad flags fail before the heavy imports
     from gpurender.pipeline import render
+    from gpurender.summary import print_summary
 
-    cfg = _render_config(args)
     report = render(cfg, progress=not args.quiet)
-    _print_summary(report)
+    print_summary(report)
     if args.stats_json is not None:
         stats = {"frames": report.frames, "wall_seconds": report.wall_seconds, "fps": report.fps,
                  "first_frame_seconds": report.first_frame_seconds,
@@ -124,26 +199,32 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gpurender.demo import run_demo
+    from gpurender.demo import demo_config, run_demo
 
-    return run_demo(args)
+    flags = {k: v for k, v in _job_flags(args).items() if v is not None}
+    return run_demo(demo_config(**flags), progress=not args.quiet)
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    cfg, pcfg = render_config(args, skip=("output_dir", "encoder")), preview_config(args)
     from gpurender.preview import run_preview
 
-    return run_preview(args, _render_config(args))
+    return run_preview(cfg, pcfg)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import runpy
+    import importlib.util
 
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
     if not bench.is_file():
-        raise GpurenderError("benchmarks/bench.py not found: run `gpurender bench` from a source checkout")
-    sys.argv = [str(bench), *args.args]
-    runpy.run_path(str(bench), run_name="__main__")
-    return 0
+        raise GpurenderError(f"{bench} not found: `gpurender bench` runs from a source checkout "
+                             "(git clone, then pip install -e '.[bench]')")
+    spec = importlib.util.spec_from_file_location("gpurender_bench", bench)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return int(module.main(args.args, prog="gpurender bench"))
 
 
 def cmd_info(_args: argparse.Namespace) -> int:
@@ -170,28 +251,63 @@ def cmd_info(_args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"render": cmd_render, "demo": cmd_demo, "preview": cmd_preview, "bench": cmd_bench, "info": cmd_info}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "render": cmd_render, "demo": cmd_demo, "preview": cmd_preview, "bench": cmd_bench, "info": cmd_info}
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+# -- entry -------------------------------------------------------------------------------------
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so a render unwinds as it does on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated(signum)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread;
+    the previous handler is restored after. Elsewhere than the main thread it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
     if "bench" in argv and all(a.startswith("-") for a in argv[: argv.index("bench")]):
         # everything after `bench` goes to benchmarks/bench.py untouched (REMAINDER drops leading options)
         i = argv.index("bench")
         args = parser.parse_args(argv[: i + 1])
         args.args = argv[i + 1 :]
-    else:
-        args = parser.parse_args(argv)
+        return args
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="gpurender: %(message)s")
     try:
-        return COMMANDS[args.command](args)
+        with sigterm_as_interrupt():
+            return COMMANDS[args.command](args)
     except GpurenderError as exc:
         print(f"gpurender: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("gpurender: interrupted; unfinished videos were removed, finished ones kept", file=sys.stderr)
-        return 128 + signal.SIGINT
+    except KeyboardInterrupt as exc:
+        print(INTERRUPTED, file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
 if __name__ == "__main__":

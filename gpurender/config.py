@@ -1,7 +1,10 @@
-"""Typed configuration of a render job; also reads the original tool's ``conf/config.yaml``."""
+"""Typed configuration of a render job, checked when it is made; also reads the original tool's
+``conf/config.yaml`` through the same checks."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -9,6 +12,55 @@ from typing import Any
 import yaml
 
 from gpurender.errors import GpurenderError
+
+ENCODERS = ("auto", "nvenc", "x264")
+BACKENDS = ("envpool", "gym")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+CRF_RANGE = (0, 51)
+"""libx264's CRF range (NVENC's CQ takes the same numbers)."""
+
+
+class ConfigError(GpurenderError):
+    """A config value out of range: ``--fps must be a positive whole number, got 0``.
+
+    ``field`` and ``requirement`` let a reader name the value its own way (a YAML key, say)."""
+
+    def __init__(self, field: str, requirement: str, value: object) -> None:
+        self.field, self.requirement, self.value = field, requirement, value
+        super().__init__(f"{flag(field)} {requirement}, got {value!r}")
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a config field: ``clip_seconds`` -> ``--clip-seconds``."""
+    return "--" + field.replace("_", "-")
+
+
+def _whole(field: str, value: object, requirement: str, lo: int, hi: int | None = None) -> int:
+    """``value`` as an int in ``lo..hi`` (``30.0`` is 30; ``29.97``, ``True``, ``"30"`` are not whole numbers)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        raise ConfigError(field, requirement, value)
+    return value
+
+
+def _positive_seconds(field: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
+        raise ConfigError(field, "must be a positive, finite number of seconds", value)
+    return float(value)
+
+
+def _one_of(field: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(field, f"must be one of {', '.join(choices)}", value)
+    return value  # type: ignore[return-value]
+
+
+def _paths(value: str | Path | Iterable[str | Path]) -> tuple[Path, ...]:
+    if isinstance(value, str | Path):
+        return (Path(value),)
+    return tuple(Path(v) for v in value)
 
 
 @dataclass(frozen=True)
@@ -55,9 +107,34 @@ class RenderConfig:
     trace: bool = False
     """Write every number each frame's panel shows to ``<video>.trace.jsonl`` beside the video."""
 
+    def __post_init__(self) -> None:
+        checked = {
+            "model_dir": _paths(self.model_dir),
+            "output_dir": Path(self.output_dir),
+            "fps": _whole("fps", self.fps, "must be a positive whole number", 1),
+            "clip_seconds": _positive_seconds("clip_seconds", self.clip_seconds),
+            "envs_per_milestone": _whole("envs_per_milestone", self.envs_per_milestone, "must be at least 1", 1),
+            "seed": _whole("seed", self.seed, "must be a whole number >= 0", 0),
+            "crf": _whole("crf", self.crf, "must be a whole number in {}..{} (libx264's range)".format(*CRF_RANGE),
+                          *CRF_RANGE),
+            "preset": _one_of("preset", self.preset, X264_PRESETS),
+            "encoder": _one_of("encoder", self.encoder, ENCODERS),
+            "backend": _one_of("backend", self.backend, BACKENDS),
+            "max_tiles": _whole("max_tiles", self.max_tiles, "must be at least 1", 1),
+        }
+        if self.milestones is not None:
+            checked["milestones"] = tuple(str(m) for m in self.milestones)
+        if self.stack_forwards not in (None, True, False):
+            raise ConfigError("stack_forwards", "must be None (auto), True or False", self.stack_forwards)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+        if self.frames < 1:
+            raise ConfigError("clip_seconds", f"must last at least one frame at --fps {self.fps}", self.clip_seconds)
+
     @property
     def frames(self) -> int:
-        return max(1, round(self.clip_seconds * self.fps))
+        """Frames of each video: ``clip_seconds x fps``, rounded (at least 1, checked on creation)."""
+        return round(self.clip_seconds * self.fps)
 
 
 @dataclass(frozen=True)
@@ -79,6 +156,15 @@ class PreviewConfig:
     visible: bool = True
     """Show the window (tests drive a hidden one)."""
 
+    def __post_init__(self) -> None:
+        speed = self.speed
+        if isinstance(speed, bool) or not isinstance(speed, int | float) or not (math.isfinite(speed) and speed > 0):
+            raise ConfigError("speed", "must be a positive, finite number", speed)
+        object.__setattr__(self, "speed", float(speed))
+        object.__setattr__(self, "max_frames", _whole("max_frames", self.max_frames, "must be a whole number >= 0", 0))
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
+        object.__setattr__(self, "encoder", _one_of("encoder", self.encoder, ENCODERS))
+
 
 # original tool's YAML key -> RenderConfig field
 _YAML_KEYS = {
@@ -91,7 +177,9 @@ _YAML_KEYS = {
 
 
 def read_yaml_config(path: str | Path) -> dict[str, Any]:
-    """RenderConfig fields from the original tool's ``conf/config.yaml`` (unknown keys ignored)."""
+    """RenderConfig fields from the original tool's ``conf/config.yaml`` (unknown keys ignored),
+    checked as :class:`RenderConfig` checks them; a bad value is a one-line error naming the file
+    and the key."""
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
@@ -101,20 +189,27 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise GpurenderError(f"{path}: expected a mapping at the top level")
     out: dict[str, Any] = {}
+    keys: dict[str, str] = {}
     for (section, key), name in _YAML_KEYS.items():
-        value = (data.get(section) or {}).get(key)
+        block = data.get(section) or {}
+        value = block.get(key) if isinstance(block, dict) else None
         if value is None:
             continue
+        keys[name] = f"{section}.{key}"
         if name == "milestones":
-            value = tuple(f"{float(v):g}" for v in (value if isinstance(value, list) else [value]))
-        elif name == "fps":
-            value = int(value)
-        elif name == "clip_seconds":
-            value = float(value)
-        elif name == "algo":
-            value = str(value).upper().replace("-", "")
+            items = value if isinstance(value, list) else [value]
+            try:
+                value = tuple(f"{float(v):g}" for v in items)
+            except (TypeError, ValueError):
+                raise GpurenderError(f"{path}: {section}.{key} must be a list of percentages, got {value!r}") from None
+        elif name in ("game", "algo"):
+            value = str(value).upper().replace("-", "") if name == "algo" else str(value)
         out[name] = value
-    return out
+    try:
+        checked = RenderConfig(**out)
+    except ConfigError as exc:
+        raise GpurenderError(f"{path}: {keys.get(exc.field, exc.field)} {exc.requirement}, got {exc.value!r}") from None
+    return {name: getattr(checked, name) for name in out}
 
 
 def merge(base: RenderConfig, overrides: dict[str, Any]) -> RenderConfig:
@@ -123,4 +218,5 @@ def merge(base: RenderConfig, overrides: dict[str, Any]) -> RenderConfig:
     return replace(base, **{k: v for k, v in overrides.items() if k in names and v is not None})
 
 
-__all__ = ["PreviewConfig", "RenderConfig", "merge", "read_yaml_config"]
+__all__ = ["BACKENDS", "ENCODERS", "X264_PRESETS", "ConfigError", "PreviewConfig", "RenderConfig", "flag",
+           "merge", "read_yaml_config"]

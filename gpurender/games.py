@@ -68,7 +68,17 @@ def action_meanings(game: Game) -> tuple[str, ...]:
     """The game's minimal action set, named as ale-py names it (NOOP, FIRE, RIGHT, ...)."""
     import ale_py
 
+    quiet_ale()
     ale = ale_py.ALEInterface()
-    ale.setLoggerMode(ale_py.LoggerMode.Error)
     ale.loadROM(ale_py.roms.get_rom_path(game.rom))
     return tuple(a.name for a in ale.getMinimalActionSet())
+
+
+def quiet_ale() -> None:
+    """Keep ale-py to errors in this process. Its log level is process-wide (a static method) and
+    the "A.L.E: Arcade Learning Environment" banner is printed by ``ALEInterface()`` itself, so it
+    is set before the first interface is made: setting it on an instance, as gymnasium's
+    ``AtariEnv`` does, comes one banner too late."""
+    import ale_py
+
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from gpurender.config import RenderConfig
-from gpurender.encode import EncoderThread, EncodeSettings, VideoWriter, choose_encoder
+from gpurender.encode import EncoderThread, EncodeSettings, VideoWriter, choose_encoder, configure_opencv_threads
 from gpurender.errors import GpurenderError
 from gpurender.games import Game, action_meanings, resolve_game
 from gpurender.milestones import Milestone, find_milestones
@@ -158,8 +158,10 @@ def render(cfg: RenderConfig, callbacks: Sequence[RenderCallback] = (), *, progr
     :class:`ProgressBar`. Milestones whose checkpoint fails to load are in ``report.failures``
     while the others render. Raises :class:`~gpurender.errors.GpurenderError` for bad input and
     ``KeyboardInterrupt`` on Ctrl-C; unfinished videos are removed, finished ones (and their
-    sidecars) kept."""
+    sidecars) kept. Switches OpenCV's thread pool off in this process
+    (:func:`~gpurender.encode.configure_opencv_threads`)."""
     t_start = time.perf_counter()
+    configure_opencv_threads()
     callbacks = [*callbacks, *([ProgressBar()] if progress else [])]
     game = resolve_game(cfg.game)
     milestones = find_milestones(cfg.model_dir, cfg.milestones)

@@ -1,6 +1,7 @@
 """``python -m gpurender render`` end to end in a subprocess: playable videos and their sidecars,
-re-runs, the original tool's YAML, and every way a run can go wrong (Ctrl-C, bad checkpoints,
-unwritable output, bad arguments), each a one-line message and a meaningful exit code."""
+re-runs, the original tool's YAML, and every way a run can go wrong (Ctrl-C, SIGTERM, bad
+checkpoints, unwritable output, bad arguments and numbers), each a one-line message and a
+meaningful exit code; the parser's own contract (help texts, -v anywhere) in process."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
-from _video import decode, message_lines, run_cli, start_cli, wait_cli
+from _video import REPO, cli_env, decode, message_lines, run_cli, start_cli, wait_cli
 
+from gpurender.cli import INTERRUPTED, build_parser, parse_args
 from gpurender.encode import nvenc_unavailable_reason
 
 VIDEO = "step_post_training_pct_10_analytics.mp4"
@@ -138,29 +141,61 @@ def test_rerun_skips_then_force_with_yaml_config_rerenders(first_render, run_dir
 # Ctrl-C
 
 
-def _interrupted_render(run_dir: Path, out: Path, interrupt) -> subprocess.CompletedProcess:
-    """A 60 s render into ``out``, ``interrupt(proc)`` called once its first partial video exists."""
+def _interrupted_render(run_dir: Path, out: Path, interrupt) -> tuple[subprocess.CompletedProcess, list]:
+    """A 60 s render into ``out``, ``interrupt(proc)`` called once its first partial video exists;
+    -> the finished process and its descendants (psutil processes) just before the interrupt."""
+    psutil = pytest.importorskip("psutil")
     proc = start_cli("render", "--model-dir", run_dir / "pct_10.zip", "--output-dir", out, "--clip-seconds", "60",
                      "--device", "cpu", "--quiet")
+    tree: list = []
     try:
         deadline = time.monotonic() + 180
         while not (out.is_dir() and any("partial" in p.name for p in out.iterdir())):
             assert proc.poll() is None, "render ended before writing anything"
             assert time.monotonic() < deadline, "no partial video appeared"
             time.sleep(0.02)
+        tree = psutil.Process(proc.pid).children(recursive=True)
         interrupt(proc)
     finally:
         done = wait_cli(proc, timeout=120)
     assert not list(out.glob("*_analytics.mp4")) and not list(out.glob("*.json"))
     _no_partials(out)
-    return done
+    return done, tree
+
+
+def _still_running(procs: list, within: float = 5.0) -> list:
+    """The processes of ``procs`` still running (zombies count as gone) after up to ``within`` s."""
+    psutil = pytest.importorskip("psutil")
+    deadline = time.monotonic() + within
+    while True:
+        alive = []
+        for p in procs:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
 
 
 def test_interrupt_leaves_no_partial_or_final_video(run_dir: Path, tmp_path: Path):
-    done = _interrupted_render(run_dir, tmp_path / "videos", lambda proc: proc.send_signal(signal.SIGINT))
+    done, _ = _interrupted_render(run_dir, tmp_path / "videos", lambda proc: proc.send_signal(signal.SIGINT))
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert "interrupted" in done.stderr
+
+
+def test_sigterm_is_handled_like_ctrl_c(run_dir: Path, tmp_path: Path):
+    """``kill`` (a scheduler's timeout, systemd, docker stop): the Ctrl-C message, exit 128+15,
+    nothing half-written, and no process of the render's tree left behind."""
+    done, tree = _interrupted_render(run_dir, tmp_path / "videos", lambda proc: proc.send_signal(signal.SIGTERM))
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert message_lines(done.stderr) == [INTERRUPTED], done.stderr
+    assert tree, "the render started no simulation process"
+    left = _still_running(tree)
+    assert left == [], f"outlived the render: {[p.cmdline() for p in left]}"
 
 
 def test_simulation_process_killed_is_one_line_error(run_dir: Path, tmp_path: Path):
@@ -174,7 +209,7 @@ def test_simulation_process_killed_is_one_line_error(run_dir: Path, tmp_path: Pa
         assert len(sim) == 1, [c.cmdline() for c in children]
         sim[0].kill()
 
-    done = _interrupted_render(run_dir, tmp_path / "videos", kill_simulation)
+    done, _ = _interrupted_render(run_dir, tmp_path / "videos", kill_simulation)
     assert done.returncode == 2, done.stderr
     assert message_lines(done.stderr) == ["gpurender: error: the simulation process died (killed by SIGKILL; "
                                           "out of memory?)"], done.stderr
@@ -191,19 +226,33 @@ def bad_runs(run_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     (tmp / "empty").mkdir()
     (tmp / "not_a_folder").write_text("")
     good, out = run_dir / "pct_10.zip", tmp / "out"
+    bad_yaml = tmp / "config.yaml"
+    bad_yaml.write_text("recording:\n  fps: 0\n  milestone_clip_seconds: 1\n")
     cases = {  # arguments, what the message must name
         "missing folder": (["--model-dir", tmp / "nope", "--output-dir", out], str(tmp / "nope")),
         "empty folder": (["--model-dir", tmp / "empty", "--output-dir", out], str(tmp / "empty")),
         "unknown game": (["--model-dir", good, "--game", "Brekout", "--output-dir", out], "did you mean Breakout"),
         "unwritable output": (["--model-dir", good, "--output-dir", tmp / "not_a_folder" / "videos"],
                               str(tmp / "not_a_folder" / "videos")),
+        # each of these rendered (or silently rendered nothing, or ended in a PyAV traceback) before
+        "fps 0": (["--model-dir", good, "--output-dir", out, "--fps", "0"], "--fps must be a positive whole"),
+        "negative clip": (["--model-dir", good, "--output-dir", out, "--clip-seconds", "-3"],
+                          "--clip-seconds must be a positive"),
+        "no envs": (["--model-dir", good, "--output-dir", out, "--envs-per-milestone", "0"],
+                    "--envs-per-milestone must be at least 1"),
+        "bogus preset": (["--model-dir", good, "--output-dir", out, "--preset", "bogus"],
+                         "--preset must be one of ultrafast, superfast"),
+        "crf 99": (["--model-dir", good, "--output-dir", out, "--crf", "99"], "--crf must be a whole number in 0..51"),
+        "yaml fps 0": (["--model-dir", good, "--output-dir", out, "--config", bad_yaml],
+                       f"{bad_yaml}: recording.fps must be a positive whole number, got 0"),
     }
     started = {case: start_cli("render", *args, "--quiet") for case, (args, _) in cases.items()}
     results = {case: (wait_cli(proc), cases[case][1]) for case, proc in started.items()}
     return results, tmp / "out"
 
 
-@pytest.mark.parametrize("case", ["missing folder", "empty folder", "unknown game", "unwritable output"])
+@pytest.mark.parametrize("case", ["missing folder", "empty folder", "unknown game", "unwritable output", "fps 0",
+                                  "negative clip", "no envs", "bogus preset", "crf 99", "yaml fps 0"])
 def test_bad_arguments_are_one_line_errors(case: str, bad_runs):
     results, out = bad_runs
     proc, expect = results[case]
@@ -219,3 +268,67 @@ def test_help():
     assert proc.returncode == 0
     for flag in ("--model-dir", "--output-dir", "--clip-seconds", "--fps", "--config", "--force"):
         assert flag in proc.stdout
+
+
+def _options(parser) -> dict[str, list]:
+    """Every subcommand's options (``-h`` aside), by subcommand."""
+    import argparse
+
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: [a for a in p._actions if not isinstance(a, argparse._HelpAction)]
+            for name, p in sub.choices.items()}
+
+
+def test_every_option_of_every_subcommand_has_help():
+    import argparse
+
+    options = _options(build_parser())
+    assert set(options) == {"render", "demo", "preview", "bench", "info"}
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, actions in options.items()
+               for a in actions if not a.help or a.help == argparse.SUPPRESS]
+    assert missing == []
+    demo = {s for a in options["demo"] for s in a.option_strings}
+    assert {"--output-dir", "--clip-seconds", "--fps", "--trace", "--stack-forwards", "-v"} <= demo
+    for name in ("render", "preview"):
+        assert {"--demo", "--model-dir"} <= {s for a in options[name] for s in a.option_strings}
+
+
+@pytest.mark.parametrize("command", ["render --demo", "demo", "preview --demo", "info"])
+def test_verbose_before_or_after_the_subcommand(command: str):
+    words = command.split()
+    assert parse_args(["-v", *words]).verbose
+    assert parse_args([*words, "-v"]).verbose
+    assert parse_args([words[0], "--verbose", *words[1:]]).verbose
+    assert not parse_args(words).verbose
+
+
+def test_render_flags_reach_the_config():
+    from gpurender.cli import render_config
+    from gpurender.demo import demo_checkpoints
+
+    cfg = render_config(parse_args(["render", "--demo", "--trace", "--stack-forwards", "off", "--fps", "12",
+                                    "--milestones", "0, 100"]))
+    assert cfg.model_dir == tuple(demo_checkpoints()) and cfg.game == "Breakout"
+    assert cfg.trace is True and cfg.stack_forwards is False and cfg.fps == 12 and cfg.milestones == ("0", "100")
+    for word, value in (("auto", None), ("on", True)):
+        assert render_config(parse_args(["render", "--demo", "--stack-forwards", word])).stack_forwards is value
+    assert render_config(parse_args(["render", "--model-dir", "a.zip"])).stack_forwards is None
+
+
+def test_bench_outside_a_source_checkout_is_one_line_error(tmp_path: Path):
+    """An installed package has no benchmarks/ folder beside it: say so, no traceback."""
+    shutil.copytree(REPO / "gpurender", tmp_path / "gpurender",
+                    ignore=shutil.ignore_patterns("*.zip", "__pycache__"))
+    env = cli_env()
+    env["PYTHONPATH"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "gpurender", "bench", "--quick"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "benchmarks/bench.py not found" in _one_line_error(proc)
+
+
+def test_bench_runs_in_process_under_its_command_name():
+    """benchmarks/bench.py is loaded as a module and handed its arguments (no sys.argv rewriting)."""
+    proc = run_cli("bench", "--help", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: gpurender bench "), proc.stdout

@@ -16,7 +16,10 @@ from gpurender.encode import (
     I420Converter,
     VideoWriter,
     choose_encoder,
+    configure_opencv_threads,
+    nvenc_open_failure,
     nvenc_unavailable_reason,
+    nvidia_gpu_present,
     rgba_to_i420,
 )
 from gpurender.errors import GpurenderError
@@ -132,6 +135,42 @@ def test_choose_encoder():
         choose_encoder("nvenc")
     codec, reason = choose_encoder("auto")
     assert codec == "libx264" and reason == nvenc_unavailable_reason()
+
+
+def test_nvenc_reason_is_plain_words():
+    """FFmpeg says ``PermissionError ... avcodec_open2`` for a machine with no GPU at all: the
+    reason says what is missing, and keeps FFmpeg's words in parentheses."""
+    error = PermissionError(1, "Operation not permitted", 'avcodec_open2("h264_nvenc", {})')
+    no_gpu = nvenc_open_failure(error, gpu_present=False)
+    assert no_gpu.startswith("no NVIDIA GPU with an NVENC engine found (h264_nvenc could not open: ")
+    assert "avcodec_open2" in no_gpu and not no_gpu.startswith("PermissionError")
+    no_engine = nvenc_open_failure(error, gpu_present=True)
+    assert no_engine.startswith("this NVIDIA GPU has no NVENC engine") and "H100" in no_engine
+    reason = nvenc_unavailable_reason()  # this machine's
+    if reason is None:
+        pytest.skip("this machine has NVENC")
+    assert not reason.startswith(("PermissionError", "no NVENC engine usable")), reason
+    if "could not open" in reason:
+        assert reason.startswith("this NVIDIA GPU" if nvidia_gpu_present() else "no NVIDIA GPU"), reason
+    with pytest.raises(GpurenderError, match=r"^--encoder nvenc: (no NVIDIA GPU|this NVIDIA GPU|PyAV's FFmpeg)"):
+        choose_encoder("nvenc")
+
+
+def test_converter_leaves_opencv_threads_to_the_process_entry():
+    """Making a converter changes no process-wide setting; configure_opencv_threads() is the one
+    call that switches OpenCV's pool off."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(2)
+        I420Converter()
+        rgba_to_i420(np.zeros((H, W, 4), np.uint8))
+        assert cv2.getNumThreads() == 2
+        configure_opencv_threads()
+        assert cv2.getNumThreads() <= 1  # OpenCV reports 0 threads as 1 on some builds
+    finally:
+        cv2.setNumThreads(before)
 
 
 def test_rgba_to_i420_is_limited_range_bt601_with_box_chroma():

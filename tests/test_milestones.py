@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from gpurender.errors import GpurenderError
-from gpurender.agents import read_checkpoint
-from gpurender.milestones import find_milestones, parse_checkpoint_name
+from gpurender.milestones import find_milestones, parse_checkpoint_name, read_checkpoint
 
 
 def _fake_checkpoint(path: Path) -> Path:

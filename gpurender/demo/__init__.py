@@ -1,14 +1,26 @@
 """``gpurender demo``: render the bundled milestones of a real PPO Breakout run (trained by
-``benchmarks/train_demo.py``) and write a contact sheet, so a newcomer sees a result with no
-checkpoint of their own."""
+``benchmarks/train_demo.py``) and write a captioned contact sheet, so a newcomer sees a result
+with no checkpoint of their own."""
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
+from gpurender.config import RenderConfig
 from gpurender.errors import GpurenderError
+
+OUTPUT_DIR = Path("gpurender-demo")
+"""Where ``gpurender demo`` writes by default."""
+CLIP_SECONDS = 20.0
+"""The demo's default clip length: long enough to see each milestone play."""
+GAME = "Breakout"
+"""The game the bundled checkpoints were trained on."""
+
+CAPTION_BACKGROUND = (24, 24, 28)
+CAPTION_TEXT = (235, 235, 235)
 
 
 def demo_checkpoints() -> list[Path]:
@@ -20,44 +32,70 @@ def demo_checkpoints() -> list[Path]:
     return found
 
 
-def contact_sheet(videos: list[Path], out: Path, scale: float = 0.5) -> Path:
-    """One frame from the middle of each video, side by side, as a PNG."""
+def demo_config(**fields: Any) -> RenderConfig:
+    """The demo's render job: the bundled checkpoints on Breakout into ``gpurender-demo/``,
+    20 s clips; ``fields`` override any of it (``model_dir`` and ``game`` are the demo's own)."""
+    defaults: dict[str, Any] = {"output_dir": OUTPUT_DIR, "clip_seconds": CLIP_SECONDS}
+    return RenderConfig(**{**defaults, **fields, "model_dir": tuple(demo_checkpoints()), "game": GAME})
+
+
+def _middle_frame(path: Path):
     import av
-    from PIL import Image
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        middle = max(0, (stream.frames or 1) // 2)
+        image = None
+        for i, frame in enumerate(container.decode(stream)):
+            image = frame.to_image()
+            if i >= middle:
+                break
+    if image is None:
+        raise GpurenderError(f"{path}: no frame to put on the contact sheet")
+    return image
+
+
+def contact_sheet(videos: Sequence[tuple[str, Path]], out: Path, scale: float = 0.5) -> Path:
+    """One frame from the middle of each ``(caption, video)``, side by side, each captioned
+    underneath in the panel's own font (DejaVu Sans Mono), as a PNG."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from gpurender.render.atlas import font_path
 
     tiles = []
-    for path in videos:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            middle = max(0, (stream.frames or 1) // 2)
-            for i, frame in enumerate(container.decode(stream)):
-                if i >= middle:
-                    img = frame.to_image()
-                    break
+    for _, path in videos:
+        img = _middle_frame(path)
         tiles.append(img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS))
-    sheet = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)))
+    tile_h = max(t.height for t in tiles)
+    font = ImageFont.truetype(str(font_path(bold=True)), max(12, round(36 * scale)))
+    band = round(font.size * 1.8)
+    sheet = Image.new("RGB", (sum(t.width for t in tiles), tile_h + band), CAPTION_BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
     x = 0
-    for t in tiles:
-        sheet.paste(t, (x, 0))
-        x += t.width
+    for (caption, _), tile in zip(videos, tiles, strict=True):
+        sheet.paste(tile, (x, 0))
+        draw.text((x + tile.width / 2, tile_h + band / 2), caption, fill=CAPTION_TEXT, font=font, anchor="mm")
+        x += tile.width
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from gpurender.cli import _print_summary
-    from gpurender.config import RenderConfig
+def run_demo(cfg: RenderConfig, progress: bool = True) -> int:
+    """Render ``cfg`` (normally :func:`demo_config`), print the summary and write
+    ``contact_sheet.png`` beside the videos; the exit code (1 if a milestone failed)."""
     from gpurender.pipeline import render
+    from gpurender.summary import print_summary
 
-    cfg = RenderConfig(
-        model_dir=tuple(demo_checkpoints()), output_dir=args.output_dir, game="Breakout",
-        clip_seconds=args.clip_seconds, device=args.device, encoder=args.encoder, force=args.force,
-    )
-    report = render(cfg, progress=not args.quiet)
-    _print_summary(report)
-    videos = [v.path for v in report.videos if v.path.exists()]
+    report = render(cfg, progress=progress)
+    print_summary(report)
+    several = cfg.envs_per_milestone > 1
+    videos = [(f"{v.milestone.display} env {v.env_index}" if several else v.milestone.display, v.path)
+              for v in report.videos if v.path.exists()]
     if videos:
-        sheet = contact_sheet(videos, Path(args.output_dir) / "contact_sheet.png")
-        print(f"\nvideos in {Path(args.output_dir).resolve()}/ ; contact sheet: {sheet.resolve()}")
+        sheet = contact_sheet(videos, cfg.output_dir / "contact_sheet.png")
+        print(f"\nvideos in {cfg.output_dir.resolve()}/ ; contact sheet: {sheet.resolve()}")
     return 1 if report.failures else 0
+
+
+__all__ = ["contact_sheet", "demo_checkpoints", "demo_config", "run_demo"]

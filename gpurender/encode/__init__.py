@@ -6,23 +6,23 @@
 from __future__ import annotations
 
 import errno
-from fractions import Fraction
 import functools
 import logging
 import os
 import queue
 import threading
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
 
+from gpurender.config import ENCODERS
 from gpurender.errors import GpurenderError
 
 log = logging.getLogger(__name__)
-ENCODERS = ("auto", "nvenc", "x264")
 WIDTH, HEIGHT = 960, 540
 
 
@@ -40,19 +40,44 @@ class EncodeSettings:
     """Codec threads per video; videos already encode in parallel, one thread each."""
 
 
+def configure_opencv_threads() -> None:
+    """Switch OpenCV's own thread pool off in this process: frames already convert on one thread
+    per video (and warp as one batch in the simulation), and the pool's idle workers spin, taking
+    cores the drawing and the encoders need. A process-wide setting, so the process's entry point
+    calls it (``pipeline.render`` for the drawing process, the simulation child for its own), not
+    a constructor."""
+    cv2.setNumThreads(0)
+
+
+def nvidia_gpu_present() -> bool:
+    """Whether the NVIDIA driver shows a GPU here (its device files), without importing CUDA."""
+    return any(Path("/dev").glob("nvidia[0-9]*")) or any(Path("/proc/driver/nvidia/gpus").glob("*"))
+
+
+def nvenc_open_failure(error: BaseException | str, gpu_present: bool) -> str:
+    """The user's reading of ``h264_nvenc`` failing to open: FFmpeg reports a missing GPU, a GPU
+    without an encoder engine and a missing driver all as one ``avcodec_open2`` error."""
+    detail = f"h264_nvenc could not open: {error}"
+    if not gpu_present:
+        return f"no NVIDIA GPU with an NVENC engine found ({detail})"
+    return (f"this NVIDIA GPU has no NVENC engine (H100, H200, A100 and B200 have none) or its driver lacks "
+            f"NVENC support ({detail})")
+
+
 @functools.cache
 def nvenc_unavailable_reason() -> str | None:
-    """``None`` if an NVENC H.264 session opens here, else why not (for the log)."""
+    """``None`` if an NVENC H.264 session opens here, else why not, in plain words (for the log,
+    ``gpurender info`` and ``--encoder nvenc``'s error)."""
     try:
         ctx = av.CodecContext.create("h264_nvenc", "w")
     except Exception as exc:  # codec not built into this FFmpeg
-        return f"PyAV's FFmpeg has no h264_nvenc ({exc})"
+        return f"PyAV's FFmpeg was built without h264_nvenc ({exc})"
     ctx.width, ctx.height, ctx.pix_fmt = WIDTH, HEIGHT, "yuv420p"
     ctx.time_base = Fraction(1, 30)
     try:
         ctx.open()
     except Exception as exc:
-        return f"no NVENC engine usable on this machine ({type(exc).__name__}: {exc}); H100/H200/A100/B200 have none"
+        return nvenc_open_failure(exc, nvidia_gpu_present())
     return None
 
 
@@ -61,14 +86,15 @@ def choose_encoder(kind: str) -> tuple[str, str]:
     if kind not in ENCODERS:
         raise GpurenderError(f"unknown --encoder {kind!r}; expected one of {', '.join(ENCODERS)}")
     if kind == "x264":
-        return "libx264", "requested"
-    reason = nvenc_unavailable_reason()
-    if reason is None:
-        return "h264_nvenc", "NVENC available"
-    if kind == "nvenc":
-        raise GpurenderError(f"--encoder nvenc: {reason}")
-    log.info("NVENC not used: %s; encoding with libx264", reason)
-    return "libx264", reason
+        codec, reason = "libx264", "requested"
+    elif (unavailable := nvenc_unavailable_reason()) is None:
+        codec, reason = "h264_nvenc", "NVENC available"
+    elif kind == "nvenc":
+        raise GpurenderError(f"--encoder nvenc: {unavailable}")
+    else:
+        codec, reason = "libx264", unavailable
+    log.info("encoder %s: %s", codec, reason)
+    return codec, reason
 
 
 # Full-range (JPEG) BT.601 luma/chroma from OpenCV's fixed-point SIMD conversions, mapped to the
@@ -85,13 +111,10 @@ class I420Converter:
     On a software renderer this is several times cheaper than the shader pass (llvmpipe pays
     ~10 ns per texture fetch); OpenCV releases the GIL, so encoder threads convert in parallel.
     Every intermediate lives in buffers reused from frame to frame (fresh 100 KB+ arrays cost
-    page faults that doubled the conversion's time). One converter per thread.
-
-    Creating one switches OpenCV's own thread pool off in this process: frames already convert
-    on one thread per video, and the pool's idle workers spin (a quarter of the CPU, measured)."""
+    page faults that doubled the conversion's time). One converter per thread; the process's
+    entry point calls :func:`configure_opencv_threads` once."""
 
     def __init__(self, width: int = WIDTH, height: int = HEIGHT) -> None:
-        cv2.setNumThreads(0)
         self.out = np.empty((height * 3 // 2, width), np.uint8)
         h, w = height, width
         chroma = self.out[h:].reshape(2, h // 2, w // 2)
