@@ -14,8 +14,10 @@
     python benchmarks/bench.py --quick                    # 1-2 milestones x 2 s, a sanity check
     gpurender bench --name h100 --milestones 1,4,16,64    # the same file through the CLI
 
-Writes ``benchmarks/results/<name>.md``, ``.json`` and ``.png`` (``--quick`` runs are named
-``quick-<name>``: not results to commit). See ``benchmarks/README.md`` for what each number means.
+Writes ``<name>.md``, ``.json`` and ``.png`` to ``--results-dir``: ``benchmarks/results/`` for a
+full run; a ``--quick`` run (named ``quick-<name>``: not results to commit) writes to a new folder
+under the system's temporary folder unless told otherwise. See ``benchmarks/README.md`` for what
+each number means.
 """
 
 from __future__ import annotations
@@ -570,8 +572,8 @@ def plot(runs: list[Run], path: Path, title: str, cores: int) -> bool:
 # -- main --------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
                    help="sanity check: stages with less work, 1,2 milestones x 2 s, memory at 3 s vs 6 s")
     p.add_argument("--name", default=None, help="machine name for the results files (default: host name)")
@@ -582,12 +584,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-baseline", action="store_true", help="do not run the original tool")
     p.add_argument("--skip-stages", action="store_true", help="no stage benchmarks")
     p.add_argument("--skip-memory", action="store_true", help="no clip-length memory case")
+    p.add_argument("--skip-warmup", action="store_true",
+                   help="no untimed 0.5 s run of each tool first (the first timed case then starts cold)")
     p.add_argument("--batches", default=None, help="stage batch sizes (default 1,8,32,128; --quick 1,8,32)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of the stage benchmarks (default: torch's choice, as gpurender render)")
     p.add_argument("--device", default="auto", help="torch device for gpurender (auto: cuda if present)")
     p.add_argument("--encoder", default="auto", choices=("auto", "nvenc", "x264"), help="gpurender's encoder")
-    p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    p.add_argument("--results-dir", type=Path, default=None, metavar="DIR",
+                   help="where the results files go (default: benchmarks/results; --quick: a new folder under "
+                        "the system's temporary folder)")
     args = p.parse_args(argv)
     q = args.quick
     args.milestone_counts = [int(x) for x in (args.milestones or ("1,2" if q else "1,4,16")).split(",")]
@@ -597,8 +603,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def results_folder(quick: bool, given: Path | None) -> Path:
+    """``given``, else ``benchmarks/results`` for a full run and a new folder under the system's
+    temporary folder for a ``--quick`` one (its results are not for the repository); created."""
+    if given is None and quick:
+        return Path(tempfile.mkdtemp(prefix="gpurender-bench-quick-"))
+    folder = given or RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the suite with command-line arguments ``argv`` (default: ``sys.argv[1:]``); ``prog`` names
+    the command in ``--help`` and in the report (default: this file). -> the exit status: 0 when
+    every end-to-end run rendered all its frames."""
+    args = parse_args(argv, prog)
     import socket
 
     from bench_stages import REPS, Row, print_row, run_stages
@@ -616,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     gpus = ", ".join(info["gpus"]) or "none"
     print(f"{name}: {info['cpu']} ({info['cores']} cores, {info['ram_gib']} GiB), GPU: {gpus}"
           f", OpenGL: {info['renderer']}, encoder: {info['encoder']}, torch on {info['torch_device']}", flush=True)
-    command = "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"{prog or 'python benchmarks/bench.py'} " + " ".join(argv if argv is not None else sys.argv[1:])
     result: dict = {"machine": info, "quick": args.quick, "reps": REPS, "command": command.strip(), "stages": [],
                     "end_to_end": [], "memory": [], "ratios": [], "headline": ""}
 
@@ -641,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         sources, result["checkpoints"] = source_checkpoints(tmp)
         print(f"\n== end to end ({result['checkpoints']})", flush=True)
         warm = milestone_dir(sources, 1, tmp)
-        for tool in tools:  # page cache, bytecode, ROMs: so the first timed case is not the cold one
+        for tool in [] if args.skip_warmup else tools:  # page cache, bytecode, ROMs: the first case not cold
             run_tool(tool, warm, 1, 0.5, tmp, args)
         for n in args.milestone_counts:
             run_dir = milestone_dir(sources, n, tmp)
@@ -683,8 +702,8 @@ def main(argv: list[str] | None = None) -> int:
         result["headline"] = (f"**{pick['ratio']:.1f}x** the baseline's frames/s at {n} milestones x "
                               f"{args.seconds:g} s ({headline(by['gpurender', n], by['baseline', n])})")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / name
+    out = results_folder(args.quick, args.results_dir)
+    stem = out / name
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(result, stage_rows))
     made = [f"{stem}.md", f"{stem}.json"]
@@ -692,10 +711,10 @@ def main(argv: list[str] | None = None) -> int:
                    info["cores"]):
         made.append(f"{stem}.png")
     print("\n" + markdown(result, stage_rows))
-    print("wrote " + ", ".join(made))
     for n in args.milestone_counts:
         if ("gpurender", n) in by:
             print(headline(by["gpurender", n], by.get(("baseline", n))))
+    print("wrote " + ", ".join(made))
     return 0 if all(r.ok for r in e2e + mem) else 1
 
 

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_stages import stage_setup
 
-from gpurender.render.renderer import FRAME_W, UNIT_RGB, YUV_ROWS, _gl_function
+from gpurender.render.renderer import FRAME_W, YUV_ROWS, _gl_function
 
 GL_PIXEL_PACK_BUFFER, GL_STREAM_READ = 0x88EB, 0x88E1
 
@@ -50,13 +50,7 @@ def main() -> None:
         view = (0, 0, FRAME_W, YUV_ROWS * n)
 
         def yuv_pass() -> None:
-            r.fbo_yuv.use()
-            r.ctx.viewport = view
-            r.t_rgb.use(UNIT_RGB)
-            r.vaos["yuv420"].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=n)
-            r.s_rgb_linear.use(UNIT_RGB)
-            r.vaos["chroma"].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=4 * n)
-            r.s_rgb_linear.clear(UNIT_RGB)
+            r.passes.i420.render(r.frame_target, r.i420_target, n)
 
         parts = {
             "upload screens (RGB texture array)": lambda: r.t_screens.write(

@@ -39,7 +39,7 @@ except ImportError:  # run from a checkout without installing
 from bench_stages import machine_info, make_checkpoint, short_renderer
 
 from gpurender.agents import pick_device
-from gpurender.config import RenderConfig
+from gpurender.config import PreviewConfig, RenderConfig
 from gpurender.preview import Preview
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -159,7 +159,7 @@ def main() -> int:
         model_dir = args.model_dir or make_checkpoint(Path(tmp), "pct_50.zip")
         cfg = RenderConfig(model_dir=(model_dir,), fps=args.fps, device="cpu")
         info = machine_info(pick_device(cfg.device))
-        with Preview(cfg, output_dir=tmp) as pv:
+        with Preview(cfg, PreviewConfig(output_dir=Path(tmp))) as pv:
             measure(pv, args.warmup)
             starts, stages = measure(pv, args.seconds)
             resets = pv.pacer.resets

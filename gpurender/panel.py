@@ -86,6 +86,6 @@ class MilestonePanel:
         rows = []
         for k in range(n):
             texts = self.texts(t, n_frames, out, k, float(scores[k]), int(lives[k]))
-            texts["score_head"] = f"Reward, last {HISTORY_SCORES} frames, max {peak[k]:g}"  # fits 34 chars
+            texts["score_head"] = self.layout.score_head(float(peak[k]))
             rows.append(self.layout.frame_chars(self.base_chars, texts))
         return values, np.stack(rows)

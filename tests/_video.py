@@ -10,12 +10,8 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN = Path(__file__).resolve().parent / "golden"
-DIFF = GOLDEN / "_diff"
-UPDATE_GOLDEN = os.environ.get("GPURENDER_UPDATE_GOLDEN") == "1"
 _BANNER = ("A.L.E: Arcade Learning Environment", "[Powered by Stella]")
 
 
@@ -73,36 +69,3 @@ def message_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip() and not line.startswith(_BANNER)]
 
 
-def check_golden(image: np.ndarray, name: str, mean_tol: float = 1.0, p99_tol: float = 8.0,
-                 moved_tol: int = 100) -> None:
-    """Compare an RGB frame with ``tests/golden/<name>.png``; on failure write the frame and an
-    image of golden | frame | amplified difference to ``tests/golden/_diff/``.
-
-    Passes when the mean absolute difference is under ``mean_tol``, its 99th percentile under
-    ``p99_tol`` and at most ``moved_tol`` pixels differ by more than 32 levels: rasteriser noise
-    and small colour changes pass, anything that moves (a text line shifted by a pixel) does not.
-    ``GPURENDER_UPDATE_GOLDEN=1`` rewrites the golden instead.
-    """
-    path = GOLDEN / f"{name}.png"
-    if UPDATE_GOLDEN:
-        GOLDEN.mkdir(exist_ok=True)
-        Image.fromarray(image).save(path)
-        return
-    if not path.is_file():
-        raise AssertionError(f"no golden image {path}; create it with GPURENDER_UPDATE_GOLDEN=1")
-    ref = np.asarray(Image.open(path).convert("RGB"))
-    assert ref.shape == image.shape, f"{name}: golden is {ref.shape}, frame is {image.shape}"
-    diff = np.abs(image.astype(np.int16) - ref.astype(np.int16))
-    mean, p99 = float(diff.mean()), float(np.percentile(diff, 99))
-    moved = int(np.count_nonzero(diff.max(axis=2) > 32))
-    if mean < mean_tol and p99 < p99_tol and moved <= moved_tol:
-        return
-    DIFF.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(DIFF / f"{name}.png")
-    amplified = np.clip(diff.max(axis=2) * 8, 0, 255).astype(np.uint8)
-    Image.fromarray(np.concatenate([ref, image, np.repeat(amplified[..., None], 3, axis=2)], axis=1)).save(
-        DIFF / f"{name}_golden_frame_diff.png")
-    raise AssertionError(
-        f"{name}: differs from {path}: mean abs diff {mean:.3f} (< {mean_tol}), 99th percentile {p99:.1f} "
-        f"(< {p99_tol}), {moved} pixels off by > 32 (<= {moved_tol}); see {DIFF}, and if the change is "
-        "intended rerun with GPURENDER_UPDATE_GOLDEN=1")

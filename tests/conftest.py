@@ -1,12 +1,65 @@
-"""Shared fixtures: real, small SB3 checkpoints built on the fly (no downloads).
+"""Shared fixtures: real, small SB3 checkpoints built on the fly (no downloads), and golden images.
 
-Markers (slow, gpu, nvenc, display) are declared in pyproject.toml."""
+Markers (slow, gpu, nvenc, display) are declared in pyproject.toml. ``--update-goldens`` rewrites
+the golden images instead of comparing with them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-goldens", action="store_true", default=False,
+                     help="write this run's frames to tests/golden/ instead of comparing with them")
+
+
+def compare_golden(image: np.ndarray, name: str, update: bool = False, mean_tol: float = 1.0,
+                   p99_tol: float = 8.0, moved_tol: int = 100, folder: Path = GOLDEN) -> None:
+    """Compare an RGB frame with ``<folder>/<name>.png`` (``update``: write it there first).
+
+    Passes when the mean absolute difference is under ``mean_tol``, its 99th percentile under
+    ``p99_tol`` and at most ``moved_tol`` pixels differ by more than 32 levels: rasteriser noise
+    and small colour changes pass, anything that moves (a text line shifted by a pixel) does not.
+    On failure the frame and an image of golden | frame | amplified difference are written to
+    ``<folder>/_diff/``; on success (or update) this name's old diff images are removed.
+    """
+    path, diff_dir = folder / f"{name}.png", folder / "_diff"
+    stale = (diff_dir / f"{name}.png", diff_dir / f"{name}_golden_frame_diff.png")
+    if update:
+        Image.fromarray(image).save(path)
+    if not path.is_file():
+        raise AssertionError(f"no golden image {path}; create it with pytest --update-goldens")
+    ref = np.asarray(Image.open(path).convert("RGB"))
+    assert ref.shape == image.shape, f"{name}: golden is {ref.shape}, frame is {image.shape}"
+    diff = np.abs(image.astype(np.int16) - ref.astype(np.int16))
+    mean, p99 = float(diff.mean()), float(np.percentile(diff, 99))
+    moved = int(np.count_nonzero(diff.max(axis=2) > 32))
+    if mean < mean_tol and p99 < p99_tol and moved <= moved_tol:
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return
+    diff_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(stale[0])
+    amplified = np.repeat(np.clip(diff.max(axis=2) * 8, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    Image.fromarray(np.concatenate([ref, image, amplified], axis=1)).save(stale[1])
+    raise AssertionError(
+        f"{name}: differs from {path}: mean abs diff {mean:.3f} (< {mean_tol}), 99th percentile {p99:.1f} "
+        f"(< {p99_tol}), {moved} pixels off by > 32 (<= {moved_tol}); see {stale[1]}, and if the change is "
+        "intended rerun with pytest --update-goldens")
+
+
+@pytest.fixture
+def check_golden(request: pytest.FixtureRequest) -> Callable[[np.ndarray, str], None]:
+    """``check_golden(rgb, name)``: :func:`compare_golden`, updating under ``--update-goldens``."""
+    update = bool(request.config.getoption("--update-goldens"))
+    return lambda image, name: compare_golden(image, name, update)
 
 
 def _atari_venv():

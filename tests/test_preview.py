@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpurender.config import RenderConfig
-from gpurender.preview import NO_DISPLAY, Pacer, letterbox
+from gpurender.config import PreviewConfig, RenderConfig
+from gpurender.preview import NO_DISPLAY, Command, Pacer, help_text, key_binding, letterbox
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,6 +64,28 @@ def test_pacer_holds_the_grid_and_resets_instead_of_bursting() -> None:
     clock.now += 0.001
     assert pacer.wait(period) == pytest.approx(stalled_at + period)
     assert pacer.resets == 1
+
+
+def test_key_table() -> None:
+    import glfw
+
+    press, repeat, release = glfw.PRESS, glfw.REPEAT, glfw.RELEASE
+    assert key_binding(glfw.KEY_SPACE, press, 0).command is Command.PAUSE
+    assert key_binding(glfw.KEY_SPACE, release, 0) is None
+    assert key_binding(glfw.KEY_SPACE, repeat, 0) is None  # holding space does not flicker the pause
+    assert key_binding(glfw.KEY_RIGHT, repeat, 0).command is Command.STEP  # holding Right steps on
+    assert key_binding(glfw.KEY_TAB, press, 0).command is Command.NEXT
+    assert key_binding(glfw.KEY_TAB, press, glfw.MOD_SHIFT).command is Command.PREVIOUS
+    assert key_binding(glfw.KEY_EQUAL, repeat, glfw.MOD_SHIFT).command is Command.FASTER  # "+" is Shift+=
+    assert key_binding(glfw.KEY_KP_SUBTRACT, press, 0).command is Command.SLOWER
+    assert key_binding(glfw.KEY_1, press, 0) == (Command.MILESTONE, 0, False)
+    assert key_binding(glfw.KEY_KP_9, press, 0) == (Command.MILESTONE, 8, False)
+    assert key_binding(glfw.KEY_Q, press, 0).command is key_binding(glfw.KEY_ESCAPE, press, 0).command is Command.QUIT
+    assert key_binding(glfw.KEY_X, press, 0) is None
+    from gpurender.preview import KEYS, SHIFT_KEYS
+
+    assert {b.command for b in (*KEYS.values(), *SHIFT_KEYS.values())} == set(Command)  # every command has a key
+    assert "Shift+Tab" in help_text() and "Esc, q" in help_text()
 
 
 @pytest.mark.parametrize("display_var", [None, ":987"], ids=["unset", "unreachable"])
@@ -128,14 +150,18 @@ def two_milestones(tmp_path_factory: pytest.TempPathFactory, ppo_checkpoint: Pat
 
 
 def _config(model_dir: Path) -> RenderConfig:
-    return RenderConfig(model_dir=(model_dir,), encoder="x264", device="cpu")
+    return RenderConfig(model_dir=(model_dir,), device="cpu")
+
+
+def _preview_config(output_dir: Path) -> PreviewConfig:
+    return PreviewConfig(uncapped=True, output_dir=output_dir, encoder="x264")
 
 
 @pytest.fixture(scope="module")
 def preview(display, two_milestones: Path, tmp_path_factory: pytest.TempPathFactory):
     from gpurender.preview import Preview
 
-    pv = Preview(_config(two_milestones), uncapped=True, output_dir=tmp_path_factory.mktemp("preview_out"))
+    pv = Preview(_config(two_milestones), _preview_config(tmp_path_factory.mktemp("preview_out")))
     yield pv
     pv.close()
 
@@ -151,7 +177,7 @@ def _title(pv) -> str:
     import glfw
 
     if hasattr(glfw, "get_window_title"):
-        title = glfw.get_window_title(pv.window)
+        title = glfw.get_window_title(pv.window.handle)
         assert title == pv.title
         return title
     return pv.title
@@ -170,7 +196,7 @@ def test_window_shows_the_video_frame(preview) -> None:
     from PIL import Image
 
     assert preview.run(max_frames=5) == 5
-    assert glfw.get_framebuffer_size(preview.window) == (960, 540)
+    assert glfw.get_framebuffer_size(preview.window.handle) == (960, 540)
     frame = preview.frame_rgb()
     assert frame.shape == (540, 960, 3) and frame.std() > 10  # a drawn panel, not a cleared target
     shown = preview.window_rgb()  # the window's default framebuffer, through present.glsl
@@ -203,12 +229,12 @@ def test_resized_window_is_letterboxed(preview) -> None:
     import glfw
     from PIL import Image
 
-    glfw.set_window_size(preview.window, 1280, 600)
+    glfw.set_window_size(preview.window.handle, 1280, 600)
     for _ in range(20):
         glfw.poll_events()
-        if glfw.get_framebuffer_size(preview.window) == (1280, 600):
+        if preview.window.framebuffer_size == (1280, 600):
             break
-    fb_w, fb_h = glfw.get_framebuffer_size(preview.window)
+    fb_w, fb_h = preview.window.framebuffer_size
     try:
         preview.run(max_frames=1)
         shown = preview.window_rgb().astype(int)
@@ -218,10 +244,10 @@ def test_resized_window_is_letterboxed(preview) -> None:
         scaled = np.asarray(Image.fromarray(preview.frame_rgb()).resize((w, h), Image.BILINEAR)).astype(int)
         assert np.abs(shown[y : y + h, x : x + w] - scaled).mean() < 6
     finally:
-        glfw.set_window_size(preview.window, 960, 540)
+        glfw.set_window_size(preview.window.handle, 960, 540)
         for _ in range(20):
             glfw.poll_events()
-            if glfw.get_framebuffer_size(preview.window) == (960, 540):
+            if preview.window.framebuffer_size == (960, 540):
                 break
 
 
@@ -256,13 +282,22 @@ def test_milestone_switch_and_speed_keys(preview) -> None:
     assert "milestone 10% PPO (1/2)" in _title(preview)
     frames = preview.frames
     preview.run(max_frames=1)
+    rollout = preview.rollout
+    assert rollout.units == [preview.units[0]]
     history = preview.panel._hist_actions.copy()  # the game's executed actions so far
+    state, score, scores = rollout.state, rollout.scores.current.copy(), rollout.scores
+    ppo_levels = preview.units[0].normaliser.running.clone()
     _press(preview, glfw.KEY_TAB)
     assert "milestone 50% DQN (2/2)" in _title(preview)
+    assert rollout.units == [preview.units[1]]  # the DQN's forward, with its own level normaliser
+    assert preview.units[1].normaliser is not preview.units[0].normaliser
+    assert rollout.state is state and np.array_equal(rollout.scores.current, score)  # the same game, same score
     assert np.array_equal(preview.panel._hist_actions, history)  # the strip goes on with the game
     frames += 1
     preview.run(max_frames=2)  # the game goes on under the other agent
     assert preview.frames == frames + 2
+    assert preview.rollout is rollout and rollout.scores is scores
+    assert np.array_equal(preview.units[0].normaliser.running, ppo_levels)  # the idle milestone's scale is kept
     assert preview.frame_rgb().std() > 10
     _press(preview, glfw.KEY_TAB, glfw.MOD_SHIFT)
     assert preview.current == 0
@@ -286,6 +321,9 @@ def test_help_overlay_is_window_only(preview) -> None:
     try:
         assert preview.help_visible
         shown = preview.window_rgb().astype(int)
+        text = preview.overlay.box.text
+        assert text[0].startswith("gpurender preview - keys") and text[-1].startswith(f"frame {preview.frames:,}")
+        assert any(line.startswith(f"> {preview.current + 1} ") for line in text)  # the milestone playing
         frame = preview.frame_rgb()
         assert np.abs(shown - frame).max() > 50  # the box is on screen...
         preview.run(max_frames=1)
@@ -325,14 +363,32 @@ def test_closing_mid_recording_finalises_the_mp4(display, ppo_checkpoint: Path, 
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(ppo_checkpoint, run / "pct_100.zip")
-    pv = Preview(_config(run), uncapped=True, output_dir=tmp_path / "out")
+    pv = Preview(_config(run), _preview_config(tmp_path / "out"))
     try:
         _press(pv, glfw.KEY_R)
         path = pv.recording_path
         assert pv.run(max_frames=3) == 3
-        glfw.set_window_should_close(pv.window, True)  # what the close button does
+        glfw.set_window_should_close(pv.window.handle, True)  # what the close button does
         assert pv.run() == 0
     finally:
         pv.close()
     assert path.is_file() and _frames_in(path) == 3
     assert not list(path.parent.glob(".*partial*"))
+
+
+@pytest.mark.display
+def test_run_preview_stops_after_max_frames(display, ppo_checkpoint: Path, tmp_path: Path) -> None:
+    import torch
+
+    from gpurender.preview import run_preview
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(ppo_checkpoint, run / "pct_100.zip")
+    threads = torch.get_num_threads()
+    try:
+        pcfg = PreviewConfig(max_frames=2, output_dir=tmp_path / "out", visible=False)
+        assert run_preview(_config(run), pcfg) == 0
+        assert torch.get_num_threads() == 1  # batch-1 inference on CPU leaves the cores to drawing
+    finally:
+        torch.set_num_threads(threads)

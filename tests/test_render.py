@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _video import check_golden, decode
+from PIL import Image
+from _video import decode
+from conftest import compare_golden
 
 from gpurender.agents import MAX_ACTIONS, Agent, LayerInfo
 from gpurender.config import RenderConfig
@@ -88,7 +90,9 @@ class Frame:
     hist_actions: np.ndarray | None = None
     """(HISTORY_ACTIONS,) recent executed actions, -1 = none yet."""
     hist_scores: np.ndarray | None = None
-    """(HISTORY_SCORES,) recent episode rewards scaled to [0, 1]."""
+    """(HISTORY_SCORES,) recent episode scores scaled to [0, 1]: divided by ``score_peak``."""
+    score_peak: float = 0.0
+    """The largest episode score of the graph's frames (0: all are 0)."""
 
     def with_(self, **kw) -> Frame:
         return replace(self, **kw)
@@ -99,13 +103,13 @@ def _edges(renderer: FrameRenderer, spec: PanelSpec) -> np.ndarray:
     return np.random.default_rng(7).uniform(0.15, 1.0, n).astype(np.float32)
 
 
-def _history(n_actions: int) -> tuple[np.ndarray, np.ndarray]:
-    """A game 40 steps old: the strip partly filled; the reward stepping up to its maximum."""
+def _history(n_actions: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """A game 40 steps old: the strip partly filled; the episode score stepping up to 12."""
     actions = np.full(HISTORY_ACTIONS, -1.0, np.float32)
     actions[-40:] = np.random.default_rng(3).integers(0, n_actions, 40)
-    rewards = np.zeros(HISTORY_SCORES, np.float32)
-    rewards[-40:] = np.repeat([1.0, 4.0, 5.0, 8.0, 12.0], 8)
-    return actions, rewards / 12.0
+    scores = np.zeros(HISTORY_SCORES, np.float32)
+    scores[-40:] = np.repeat([1.0, 4.0, 5.0, 8.0, 12.0], 8)
+    return actions, scores / 12.0, 12.0
 
 
 def ppo_frame(renderer: FrameRenderer, layers, screen: np.ndarray, action: int = 2) -> Frame:
@@ -142,7 +146,7 @@ def _texts(renderer: FrameRenderer, f: Frame) -> dict[str, str]:
         "lives": f"Lives:     {5:>12d}",
         "value": f"{'Max Q:' if q_based else 'Value Est:':<11}{0.123:>12.3f}",
         "action": f"Action:    {names[f.action]:>12}",
-        "score_head": f"Reward, last {HISTORY_SCORES} frames, max 12",
+        "score_head": layout.score_head(f.score_peak),
     }
     row = f.q_values if q_based else f.probs
     for a, name in enumerate(names):
@@ -209,14 +213,29 @@ def _require_llvmpipe(renderer: FrameRenderer) -> None:
         pytest.skip(f"golden images are pinned to Mesa llvmpipe; this context is {name}")
 
 
-def test_golden_ppo_breakout(renderer, ppo_layers, breakout_screen):
+def test_golden_ppo_breakout(renderer, ppo_layers, breakout_screen, check_golden):
     _require_llvmpipe(renderer)
     check_golden(draw(renderer, [ppo_frame(renderer, ppo_layers, breakout_screen)])[0], "ppo_breakout")
 
 
-def test_golden_dqn_18_actions(renderer, ppo_layers, breakout_screen):
+def test_golden_dqn_18_actions(renderer, ppo_layers, breakout_screen, check_golden):
     _require_llvmpipe(renderer)
     check_golden(draw(renderer, [dqn18_frame(renderer, ppo_layers, breakout_screen)])[0], "dqn_18_actions")
+
+
+def test_golden_failure_writes_a_diff_and_a_pass_removes_it(tmp_path):
+    frame = np.random.default_rng(2).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    compare_golden(frame, "noise", update=True, folder=tmp_path)
+    assert (tmp_path / "noise.png").is_file()
+    moved = np.roll(frame, 1, axis=1)  # everything one pixel to the right
+    with pytest.raises(AssertionError, match="--update-goldens"):
+        compare_golden(moved, "noise", folder=tmp_path)
+    written = sorted(p.name for p in (tmp_path / "_diff").iterdir())
+    assert written == ["noise.png", "noise_golden_frame_diff.png"]
+    side_by_side = np.asarray(Image.open(tmp_path / "_diff" / "noise_golden_frame_diff.png"))
+    assert side_by_side.shape == (40, 180, 3)
+    compare_golden(frame, "noise", folder=tmp_path)
+    assert list((tmp_path / "_diff").iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +284,14 @@ def test_history_strip_and_reward_graph(renderer, ppo_layers, breakout_screen):
     assert len(cells) == HISTORY_ACTIONS and len(bars) == HISTORY_SCORES
     assert all(g[0] + g[2] <= PANEL_W for g in cells + bars)
     img = draw(renderer, [f])[0]
+    # the graph spans the strip above it, first pixel to last (both end with the newest frame;
+    # left of the panel's right border)
+    strip_row = img[int(cells[0][1] + cells[0][3] / 2), : PANEL_W - 1].astype(float)
+    graph_row = img[int(bars[-1][1] + bars[-1][3]) - 1, : PANEL_W - 1].astype(float)  # every bar of height > 0
+    lit_strip = np.flatnonzero(np.any(np.abs(strip_row - _rgb255(BACKGROUND)) > 8, axis=1))
+    lit_graph = np.flatnonzero(np.any(np.abs(graph_row - _rgb255(BACKGROUND)) > 8, axis=1))
+    assert lit_graph[-1] == lit_strip[-1], f"graph ends at x={lit_graph[-1]}, the action strip at x={lit_strip[-1]}"
+    assert bars[0][0] == cells[0][0], "the graph starts where the action strip starts"
     for i, (x, y, w, h) in enumerate(cells):  # oldest left, newest right
         got = img[int(y + h / 2), int(x + w / 2)].astype(float)
         a = int(f.hist_actions[i])
@@ -275,6 +302,18 @@ def test_history_strip_and_reward_graph(renderer, ppo_layers, breakout_screen):
         lit = int(np.any(np.abs(column - _rgb255(BACKGROUND)) > 8, axis=1).sum())
         assert abs(lit - f.hist_scores[i] * h) <= 1, f"reward bar {i}: {lit} px for {f.hist_scores[i]:.2f} x {h}"
     assert layout.n_values == layout.slot_hist_scores + HISTORY_SCORES
+
+
+@pytest.mark.parametrize("kind", ["ppo", "dqn18"])
+def test_score_graph_heading_says_what_it_plots(renderer, ppo_layers, breakout_screen, kind):
+    f = (ppo_frame if kind == "ppo" else dqn18_frame)(renderer, ppo_layers, breakout_screen)
+    layout = renderer.layout(f.spec)
+    length = layout.fields["score_head"].length
+    for peak, shown in ((12.0, "max 12"), (0.0, "max 0"), (2.5, "max 2.5"), (864.0, "max 864")):
+        head = layout.score_head(peak)
+        assert head.startswith("Episode score") and head.endswith(shown) and len(head) <= length, head
+    assert f"last {HISTORY_SCORES} frames" in layout.score_head(12.0) or kind == "dqn18"
+    assert layout.score_head(1_234_567.0).endswith("max 1,234,567")
 
 
 def test_game_panel_is_the_screen_scaled_nearest(renderer, ppo_layers):
@@ -480,7 +519,7 @@ def test_gpu_branch_of_the_pipeline_matches_the_software_branch(ppo_checkpoint, 
         assert diff.max() <= 2, f"frame {i}: the two branches differ by up to {diff.max()}"
 
 
-def test_stacked_forward_renders_what_per_milestone_forwards_render(ppo_checkpoint, tmp_path, monkeypatch):
+def test_stacked_forward_renders_what_per_milestone_forwards_render(ppo_checkpoint, tmp_path):
     """Two milestones of one architecture (different weights) through the simulation process with
     one stacked forward per step (what CUDA runs) and with one forward per milestone (the CPU
     default): the same videos, frame for frame, up to the float rounding of the two forwards."""
@@ -498,11 +537,9 @@ def test_stacked_forward_renders_what_per_milestone_forwards_render(ppo_checkpoi
             p.mul_(1.1)
     model.save(run / "pct_50.zip")
     cfg = RenderConfig(model_dir=(run,), output_dir=tmp_path / "per", clip_seconds=0.5, fps=30, seed=0,
-                       device="cpu", encoder="x264", crf=0)
-    monkeypatch.setenv("GPURENDER_STACK_FORWARD", "0")
+                       device="cpu", encoder="x264", crf=0, stack_forwards=False)
     per_milestone = render(cfg, progress=False)
-    monkeypatch.setenv("GPURENDER_STACK_FORWARD", "1")
-    stacked = render(replace(cfg, output_dir=tmp_path / "stacked"), progress=False)
+    stacked = render(replace(cfg, output_dir=tmp_path / "stacked", stack_forwards=True), progress=False)
     assert (per_milestone.forwards_per_step, stacked.forwards_per_step) == (2, 1)
     for v1, v2 in zip(per_milestone.videos, stacked.videos, strict=True):
         assert v1.path.name == v2.path.name

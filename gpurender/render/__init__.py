@@ -1,6 +1,8 @@
-"""Drawing: GL context, shaders, glyph atlas, panel layout and the batched frame renderer."""
+"""Drawing: GL context, shaders, glyph atlas, panel layout, the render passes and the batched frame
+renderer."""
 
 from gpurender.render.layout import PanelLayout, PanelSpec
-from gpurender.render.renderer import FrameRenderer
+from gpurender.render.passes import Target
+from gpurender.render.renderer import FramePasses, FrameRenderer
 
-__all__ = ["FrameRenderer", "PanelLayout", "PanelSpec"]
+__all__ = ["FramePasses", "FrameRenderer", "PanelLayout", "PanelSpec", "Target"]

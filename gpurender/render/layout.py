@@ -8,6 +8,7 @@ probabilities, node levels, edge weights) and ``chars`` (one byte per glyph slot
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,7 +16,6 @@ import numpy as np
 
 from gpurender.network import LayerInfo
 from gpurender.render.atlas import GlyphAtlas
-import itertools
 
 FRAME_W, FRAME_H = 960, 540
 PANEL_W = 480
@@ -57,7 +57,7 @@ PALETTE = [
 HISTORY_ACTIONS = 48
 """Executed actions shown in the history strip (most recent on the right)."""
 HISTORY_SCORES = 96
-"""Frames of episode reward shown in the reward graph."""
+"""Frames of episode score (the running total of the episode's rewards) shown in the score graph."""
 MODE_WIDTH, MODE_HEIGHT, MODE_PALETTE = 0, 1, 2
 
 SLOT_ACTION = 0
@@ -158,6 +158,20 @@ class PanelLayout:
     def n_slots(self) -> int:
         return len(self.glyphs)
 
+    def score_head(self, peak: float) -> str:
+        """The score graph's heading: what it plots and the score its full height stands for.
+
+        ``peak``: the largest |episode score| among the graph's frames, the value its bars are
+        scaled by; 0 when every one is 0 (the bars are all empty: ``max 0``). The longest wording
+        that fits the field: ``Episode score, last 96 frames, max 12`` down to ``Score, max 12``."""
+        value = f"{peak:,.0f}" if float(peak).is_integer() else f"{peak:,.1f}"
+        length = self.fields["score_head"].length
+        forms = (f"Episode score, last {HISTORY_SCORES} frames, max {value}",
+                 f"Episode score, {HISTORY_SCORES} frames, max {value}",
+                 f"Episode score, max {value}",
+                 f"Score, max {value}")
+        return next((text for text in forms if len(text) <= length), forms[-1])
+
     # -- geometry -------------------------------------------------------------------------------
 
     def _build(self, spec: PanelSpec) -> None:
@@ -193,18 +207,21 @@ class PanelLayout:
             self._text(f"act{k}", 228, ty, font, name_len + 8, WHITE, YELLOW, match)
         self.name_len = name_len
 
-        # recent executed actions (palette colours, legend beside the policy rows) and episode reward;
-        # full width under a short action list, the left column only beside a tall one (6+ actions)
+        # recent executed actions (palette colours, legend beside the policy rows) and the episode
+        # score under them, as wide as them; full width under a short action list, the left column
+        # only beside a tall one (6+ actions)
         span = PANEL_W - 48 if top + self.n_actions * row_h <= 200 else 216 - 12
-        step_a, step_s = span // HISTORY_ACTIONS, span // HISTORY_SCORES
+        step_a = span // HISTORY_ACTIONS
+        width = HISTORY_ACTIONS * step_a - 1  # from the first cell's left edge to the last's right
+        step_s = width / HISTORY_SCORES  # touching bars, a step graph: whole pixels or not
         chars = span // self.atlas.fonts["tiny"].cell_w
         self._text("hist_head", 12, 190, "tiny", min(40, chars), DIM, static=f"Last {HISTORY_ACTIONS} actions")
         for i in range(HISTORY_ACTIONS):
             r.add((12 + i * step_a, 204, step_a - 1, 9), NONE, NONE, (self.slot_hist_actions + i, -1, -1, MODE_PALETTE))
         self._text("score_head", 12, 218, "tiny", min(64, chars), DIM)
-        r.add((12, 258, HISTORY_SCORES * step_s, 1), (0.25, 0.3, 0.45, 1.0))
+        r.add((12, 258, width, 1), (0.25, 0.3, 0.45, 1.0))
         for i in range(HISTORY_SCORES):
-            r.add((12 + i * step_s, 230, max(1, step_s - 1), 28), (0.3, 0.8, 0.5, 1.0), NONE,
+            r.add((12 + i * step_s, 230, step_s, 28), (0.3, 0.8, 0.5, 1.0), NONE,
                   (self.slot_hist_scores + i, -1, -1, MODE_HEIGHT))
 
         # network diagram
@@ -292,7 +309,8 @@ class PanelLayout:
     def values(self, actions: np.ndarray, probs: np.ndarray, levels: np.ndarray, edges: np.ndarray,
                hist_actions: np.ndarray | None = None, hist_scores: np.ndarray | None = None) -> np.ndarray:
         """(B, n_values) float32 for ``t_values``. History: (B, HISTORY_ACTIONS) action indices (-1
-        empty) and (B, HISTORY_SCORES) episode rewards scaled to [0, 1]."""
+        empty) and (B, HISTORY_SCORES) episode scores divided by the peak :meth:`score_head` names
+        (bar heights: 1 is full height, 0 or less an empty bar)."""
         b = len(actions)
         out = np.empty((b, self.n_values), np.float32)
         out[:, SLOT_ACTION] = actions

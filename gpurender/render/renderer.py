@@ -1,8 +1,9 @@
 """Draw batches of analytics frames with ModernGL into one tiled offscreen target.
 
 Per pass, up to ``max_tiles`` frames are drawn by a few instanced draw calls for the whole batch
-(game, live rects, edges, nodes, live text) over per-milestone panel images that hold what never
-changes within a video. On a GPU one more pass converts the frames to I420, so reading back 1.5
+(game, live rects, edges, nodes, live text: the passes of :mod:`gpurender.render.passes`) over
+per-milestone panel images that hold what never changes within a video. On a GPU one more pass
+converts the frames to I420, so reading back 1.5
 bytes per pixel hands the encoder its planes directly; a software renderer reads the panel halves
 as RGBA instead and the encoder threads convert them (:class:`gpurender.encode.I420Converter`).
 """
@@ -12,32 +13,40 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import moderngl
 import numpy as np
 
 from gpurender.render.atlas import GlyphAtlas
 from gpurender.render.context import create_headless_context, is_software, renderer_name
-from gpurender.render.layout import (
-    BACKGROUND,
-    FACES,
-    FRAME_H,
-    FRAME_W,
-    GAME_RECT,
-    PALETTE,
-    PANEL_W,
-    Items,
-    PanelLayout,
-    PanelSpec,
+from gpurender.render.layout import BACKGROUND, FACES, FRAME_H, FRAME_W, PANEL_W, PanelLayout, PanelSpec
+from gpurender.render.passes import (
+    EdgesPass,
+    GamePass,
+    I420Pass,
+    ItemRange,
+    NodesPass,
+    RectsPass,
+    Target,
+    TextPass,
+    items_texture,
 )
-from gpurender.render.shaders import load_program
 
 YUV_ROWS = FRAME_H * 3 // 2
-UNIT_VALUES, UNIT_ITEMS, UNIT_CHARS, UNIT_ATLAS, UNIT_SCREENS, UNIT_RGB = range(6)
-
-
 GL_TEXTURE_2D = 0x0DE1
-BLEND_OVER = (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA)
+
+
+class FramePasses(NamedTuple):
+    """The passes a :class:`FrameRenderer` draws its frames with, in drawing order, and the I420
+    conversion after them."""
+
+    game: GamePass
+    rects: RectsPass
+    edges: EdgesPass
+    nodes: NodesPass
+    text: TextPass
+    i420: I420Pass
 
 
 @dataclass
@@ -71,7 +80,12 @@ def _copy_image_fn(ctx: moderngl.Context) -> Callable[..., None] | None:
 
 
 class FrameRenderer:
-    """Owns the GL context (or borrows one) and every GL resource; ``close()`` releases them."""
+    """Owns the GL context (or borrows one) and every GL resource; ``close()`` releases them.
+
+    Beyond drawing (:meth:`begin`, :meth:`draw`) and reading (:meth:`read_yuv`,
+    :meth:`read_panels`, :meth:`read_rgb`), what others may build on: :attr:`passes` (e.g. the
+    rect and text passes with the glyph atlas, for an overlay), :attr:`frame_target` (the drawn
+    frames) and :attr:`i420_target`."""
 
     def __init__(self, ctx: moderngl.Context | None = None, max_tiles: int = 16) -> None:
         self._own_ctx = ctx is None
@@ -83,55 +97,43 @@ class FrameRenderer:
         self.software = is_software(self.renderer)
         """Mesa's CPU rasterisers: frames are better read as RGBA and converted by the encoders
         (:meth:`read_panels` + :meth:`gpurender.encode.I420Converter.compose`)."""
-        self.programs = {name: load_program(self.ctx, name)
-                         for name in ("game", "rects", "edges", "nodes", "text", "yuv420")}
-        self.programs["chroma"] = load_program(self.ctx, "yuv420", ("CHROMA",))
-        self.vaos = {name: self.ctx.vertex_array(prog, []) for name, prog in self.programs.items()}
+        ctx = self.ctx
         self.atlas = GlyphAtlas(FACES)
-        h, w = self.atlas.image.shape
-        self.t_atlas = self.ctx.texture((w, h), 1, self.atlas.image.tobytes(), alignment=1)
-        self.t_atlas.filter = (moderngl.NEAREST, moderngl.NEAREST)
+        self.passes = FramePasses(GamePass(ctx), RectsPass(ctx), EdgesPass(ctx), NodesPass(ctx),
+                                  TextPass(ctx, self.atlas), I420Pass(ctx))
+        """The passes frames are drawn with (released by :meth:`close`)."""
         t = self.max_tiles
-        self.t_rgb = self.ctx.texture((FRAME_W, FRAME_H * t), 4)
+        self.t_rgb = ctx.texture((FRAME_W, FRAME_H * t), 4)
         self.t_rgb.filter = (moderngl.NEAREST, moderngl.NEAREST)
-        # chroma reads the same texture bilinearly: one fetch on a 2x2 block's corner = its mean
-        self.s_rgb_linear = self.ctx.sampler(texture=self.t_rgb, filter=(moderngl.LINEAR, moderngl.LINEAR))
-        self.fbo_rgb = self.ctx.framebuffer([self.t_rgb])
-        self.t_yuv = self.ctx.texture((FRAME_W, YUV_ROWS * t), 1)
-        self.fbo_yuv = self.ctx.framebuffer([self.t_yuv])
-        self.t_screens = self.ctx.texture_array((160, 210, t), 3, alignment=1)
+        self.fbo_rgb = ctx.framebuffer([self.t_rgb])
+        self.t_yuv = ctx.texture((FRAME_W, YUV_ROWS * t), 1)
+        self.fbo_yuv = ctx.framebuffer([self.t_yuv])
+        self.t_screens = ctx.texture_array((160, 210, t), 3, alignment=1)
         self.t_screens.filter = (moderngl.NEAREST, moderngl.NEAREST)
         self._dyn: dict[str, moderngl.Texture] = {}
         self._layouts: dict[tuple, _LayoutGPU] = {}
         # Items that never change within a video are drawn once per milestone into a panel image
         # that is copied into each tile (an own EGL context is needed for the copy function);
         # otherwise they are drawn with every frame. Same pixels either way (tested).
-        self._copy_image = _copy_image_fn(self.ctx) if self._own_ctx else None
+        self._copy_image = _copy_image_fn(ctx) if self._own_ctx else None
         # Waiting for the rasteriser without the GIL: on llvmpipe a pass renders for tens of ms,
         # and ModernGL's own finish/read would hold the GIL all that time, stalling the encoder
         # threads (their OpenCV and FFmpeg calls need it between frames)
         self._gl_finish = _gl_function("glFinish") if self._own_ctx else None
         self._panels: dict[tuple, moderngl.Texture] = {}
         self._scratch: moderngl.Framebuffer | None = None
-        fonts = [(f.origin_y, f.cell_w, f.cell_h, 0.0) for f in self.atlas.fonts.values()]
-        fonts += [(0.0, 0.0, 0.0, 0.0)] * (8 - len(fonts))
-        self.programs["text"]["u_fonts"].value = fonts
-        for _name, prog in self.programs.items():
-            for uniform, unit in (("t_values", UNIT_VALUES), ("t_items", UNIT_ITEMS), ("t_chars", UNIT_CHARS),
-                                  ("t_atlas", UNIT_ATLAS), ("t_screens", UNIT_SCREENS), ("t_rgb", UNIT_RGB)):
-                if uniform in prog:
-                    prog[uniform].value = unit
-            if "u_atlas_size" in prog:
-                prog["u_atlas_size"].value = (w, h)
-            if "u_frame_size" in prog:
-                prog["u_frame_size"].value = (FRAME_W, FRAME_H)
-            if "u_tiles" in prog:
-                prog["u_tiles"].value = t
-        self.programs["rects"]["u_palette"].value = [(*c, 1.0) for c in PALETTE]
-        self.programs["game"]["u_rect"].value = GAME_RECT
-        self.programs["game"]["u_screen_size"].value = (160.0, 210.0)
-        self.programs["edges"]["u_half_width"].value = 2.5
-        self.programs["nodes"]["u_glow_extent"].value = 2.2
+
+    @property
+    def frame_target(self) -> Target:
+        """The frames drawn by the latest pass: ``max_tiles`` tiles of one RGBA framebuffer (tile
+        ``k`` holds frame ``k``). Read it, copy it or draw over copies of it; draw into it only
+        through :meth:`draw`."""
+        return Target(self.fbo_rgb, self.max_tiles)
+
+    @property
+    def i420_target(self) -> Target:
+        """Where :meth:`read_yuv` converts the frames to: one 810-row I420 tile per frame tile."""
+        return Target(self.fbo_yuv, self.max_tiles)
 
     # -- layouts --------------------------------------------------------------------------------
 
@@ -145,16 +147,9 @@ class FrameRenderer:
             layout = PanelLayout(spec, self.atlas)
             items, counts = {}, {}
             for kind in ("rects", "glyphs", "nodes", "edges"):
-                items[kind], counts[kind] = self.items_texture(getattr(layout, kind))
+                items[kind], counts[kind] = items_texture(self.ctx, getattr(layout, kind))
             self._layouts[key] = _LayoutGPU(layout, items, counts)
         return self._layouts[key]
-
-    def items_texture(self, items: Items) -> tuple[moderngl.Texture, int]:
-        """Upload item descriptors as a ``t_items`` texture; -> (texture, item count)."""
-        data = items.texture_data()
-        tex = self.ctx.texture((data.shape[1], 4), 4, data.tobytes(), dtype="f4")
-        tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
-        return tex, data.shape[1]
 
     def _dynamic(self, name: str, width: int, components: int, dtype: str) -> moderngl.Texture:
         tex = self._dyn.get(name)
@@ -190,35 +185,13 @@ class FrameRenderer:
         rows = FRAME_H * (self.max_tiles if n is None else min(n, self.max_tiles))
         self.fbo_rgb.clear(*BACKGROUND, 1.0, viewport=(0, 0, FRAME_W if game else PANEL_W, rows))
 
-    def draw_items(self, items: moderngl.Texture, prog_name: str, first: int, count: int, frames: int,
-                   blend: tuple | None) -> None:
-        """Instanced draw of items ``first .. first+count-1`` of an :meth:`items_texture` with
-        program ``prog_name``, for ``frames`` frames (tiles from :meth:`set_tiles`'s ``tile0``)."""
-        if count <= 0:
-            return
-        prog = self.programs[prog_name]
-        items.use(UNIT_ITEMS)
-        prog["u_items"].value = count
-        prog["u_item0"].value = first
-        if blend is None:
-            self.ctx.disable(moderngl.BLEND)
-        else:
-            self.ctx.enable(moderngl.BLEND)
-            self.ctx.blend_func = blend
-        self.vaos[prog_name].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=frames * count)
-
-    def _fixed_items(self, gl: _LayoutGPU, frames: int) -> None:
-        """The panel's fixed items: the rects, then the text, that look the same in every frame."""
-        self.draw_items(gl.items["rects"], "rects", 0, gl.layout.n_static_rects, frames, BLEND_OVER)
-        self.draw_items(gl.items["glyphs"], "text", 0, gl.layout.n_static_slots, frames, BLEND_OVER)
-
-    def set_tiles(self, tiles: int, tile0: int) -> None:
-        """Every program's target layout: ``tiles`` frames tall, drawing from tile ``tile0``."""
-        for prog in self.programs.values():
-            if "u_tile0" in prog:
-                prog["u_tile0"].value = tile0
-            if "u_tiles" in prog:
-                prog["u_tiles"].value = tiles
+    def _fixed_items(self, gl: _LayoutGPU, dst: Target, first: int, frames: int, values: moderngl.Texture | None,
+                     chars: moderngl.Texture) -> None:
+        """The panel's fixed items: the rects, then the text, that look the same in every frame
+        (bound to no value: ``values`` may be None)."""
+        self.passes.rects.render(ItemRange(gl.items["rects"], 0, gl.layout.n_static_rects, values), dst, first, frames)
+        self.passes.text.render(ItemRange(gl.items["glyphs"], 0, gl.layout.n_static_slots, values, chars), dst, first,
+                                frames)
 
     def _panel_image(self, gl: _LayoutGPU, chars: np.ndarray) -> moderngl.Texture:
         """The fixed part of one milestone's panel (its fixed text is in ``chars``), drawn once."""
@@ -230,14 +203,10 @@ class FrameRenderer:
                 self._scratch = self.ctx.simple_framebuffer((FRAME_W, FRAME_H), 4)
             t_chars = self._dynamic("chars", len(chars), 1, "u1")
             t_chars.write(np.ascontiguousarray(chars, np.uint8).tobytes(), viewport=(0, 0, len(chars), 1))
-            t_chars.use(UNIT_CHARS)
-            self.t_atlas.use(UNIT_ATLAS)
-            self._scratch.use()
+            scratch = Target(self._scratch)
+            scratch.use()
             self._scratch.clear(*BACKGROUND, 1.0)
-            self.ctx.viewport = (0, 0, FRAME_W, FRAME_H)
-            self.set_tiles(1, 0)
-            self._fixed_items(gl, 1)
-            self.set_tiles(self.max_tiles, 0)
+            self._fixed_items(gl, scratch, 0, 1, None, t_chars)
             data = self._scratch.read(viewport=(0, 0, PANEL_W, FRAME_H), components=4, alignment=1)
             tex = self._panels[key] = self.ctx.texture((PANEL_W, FRAME_H), 4, data, alignment=1)
         return tex
@@ -259,29 +228,20 @@ class FrameRenderer:
         t_chars.write(np.ascontiguousarray(chars, np.uint8).tobytes(), viewport=(0, 0, chars.shape[1], n))
         if screens is not None:
             self.t_screens.write(np.ascontiguousarray(screens, np.uint8).tobytes(), viewport=(0, 0, 0, 160, 210, n))
-        t_values.use(UNIT_VALUES)
-        t_chars.use(UNIT_CHARS)
-        self.t_atlas.use(UNIT_ATLAS)
-        self.t_screens.use(UNIT_SCREENS)
-        self.fbo_rgb.use()
-        ctx.viewport = (0, 0, FRAME_W, FRAME_H * self.max_tiles)
-        self.set_tiles(self.max_tiles, tile0)
+        dst, p = self.frame_target, self.passes
         if self.static_copy:
             for k, panel in enumerate(panels):
                 self._copy_image(panel.glo, GL_TEXTURE_2D, 0, 0, 0, 0, self.t_rgb.glo, GL_TEXTURE_2D, 0,
                                  0, (tile0 + k) * FRAME_H, 0, PANEL_W, FRAME_H, 1)
         else:
-            self._fixed_items(gl, n)
+            self._fixed_items(gl, dst, tile0, n, t_values, t_chars)
         if screens is not None:
-            ctx.disable(moderngl.BLEND)
-            self.vaos["game"].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=n)
+            p.game.render(self.t_screens, dst, tile0, n)
         lay, items, counts = gl.layout, gl.items, gl.counts
-        self.draw_items(items["rects"], "rects", lay.n_static_rects, counts["rects"] - lay.n_static_rects, n,
-                        BLEND_OVER)
-        self.draw_items(items["edges"], "edges", 0, counts["edges"], n, (moderngl.ONE, moderngl.ONE))
-        self.draw_items(items["nodes"], "nodes", 0, counts["nodes"], n, BLEND_OVER)
-        self.draw_items(items["glyphs"], "text", lay.n_static_slots, counts["glyphs"] - lay.n_static_slots, n,
-                        BLEND_OVER)
+        live = (("rects", p.rects, lay.n_static_rects, None), ("edges", p.edges, 0, None),
+                ("nodes", p.nodes, 0, None), ("glyphs", p.text, lay.n_static_slots, t_chars))
+        for kind, pass_, first, kind_chars in live:
+            pass_.render(ItemRange(items[kind], first, counts[kind] - first, t_values, kind_chars), dst, tile0, n)
         ctx.disable(moderngl.BLEND)
 
     def finish(self) -> None:
@@ -293,13 +253,7 @@ class FrameRenderer:
 
     def read_yuv(self, n: int) -> np.ndarray:
         """Convert tiles ``0..n-1`` to I420 on the GPU and read them: (n, 810, 960) uint8."""
-        self.fbo_yuv.use()
-        self.ctx.viewport = (0, 0, FRAME_W, YUV_ROWS * self.max_tiles)
-        self.t_rgb.use(UNIT_RGB)
-        self.vaos["yuv420"].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=n)
-        self.s_rgb_linear.use(UNIT_RGB)
-        self.vaos["chroma"].render(moderngl.TRIANGLE_STRIP, vertices=4, instances=4 * n)
-        self.s_rgb_linear.clear(UNIT_RGB)
+        self.passes.i420.render(self.frame_target, self.i420_target, n)
         self.finish()
         # straight into an array: on an H100 1.0 ms a 16-frame pass, where ModernGL's read into
         # new bytes took 1.5 and a pixel-pack buffer 1.3 (benchmarks/gpu_pass_parts.py)
@@ -319,7 +273,7 @@ class FrameRenderer:
         return np.frombuffer(data, np.uint8).reshape(n, FRAME_H, FRAME_W, 3)
 
     def close(self) -> None:
-        for tex in (self.t_atlas, self.t_rgb, self.t_yuv, self.t_screens, *self._dyn.values()):
+        for tex in (self.t_rgb, self.t_yuv, self.t_screens, *self._dyn.values()):
             tex.release()
         for gl in self._layouts.values():
             for tex in gl.items.values():
@@ -328,13 +282,10 @@ class FrameRenderer:
             tex.release()
         if self._scratch is not None:
             self._scratch.release()
-        self.s_rgb_linear.release()
         self.fbo_rgb.release()
         self.fbo_yuv.release()
-        for vao in self.vaos.values():
-            vao.release()
-        for prog in self.programs.values():
-            prog.release()
+        for pass_ in self.passes:
+            pass_.release()
         if self._own_ctx:
             if self._current:
                 self.ctx.__exit__(None, None, None)  # leave no released context current
