@@ -356,8 +356,8 @@ def headline(g: Run, b: Run | None) -> str:
 
 def machine(device_arg: str, encoder_arg: str) -> dict:
     import torch
-
     from bench_stages import machine_info
+
     from gpurender.agents import pick_device
     from gpurender.encode import choose_encoder
 
@@ -613,6 +613,60 @@ def results_folder(quick: bool, given: Path | None) -> Path:
     return folder
 
 
+def run_end_to_end(args: argparse.Namespace, tools: list[str], result: dict) -> tuple[list[Run], list[Run]]:
+    """The end-to-end cases (each milestone count, then the memory case), both tools side by
+    side; -> (end-to-end runs, memory runs). Records the checkpoints used in ``result``."""
+    e2e: list[Run] = []
+    mem: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="gpurender-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        sources, result["checkpoints"] = source_checkpoints(tmp)
+        print(f"\n== end to end ({result['checkpoints']})", flush=True)
+        warm = milestone_dir(sources, 1, tmp)
+        for tool in [] if args.skip_warmup else tools:  # page cache, bytecode, ROMs: the first case not cold
+            run_tool(tool, warm, 1, 0.5, tmp, args)
+        for n in args.milestone_counts:
+            run_dir = milestone_dir(sources, n, tmp)
+            pair = {}
+            for tool in tools:
+                pair[tool] = best_of([run_tool(tool, run_dir, n, args.seconds, tmp, args) for _ in range(args.repeat)])
+                r = pair[tool]
+                print(f"{tool:9s} {n:3d} x {args.seconds:g} s: {r.wall_s:7.1f} s wall, {r.fps:7.1f} fps, "
+                      f"{r.realtime:5.2f}x real time, {r.cpu_s:6.1f} CPU s, peak RSS {r.peak_rss_mib:,.0f} MiB",
+                      flush=True)
+            e2e += pair.values()
+            if pair["gpurender"].ok:
+                b = pair.get("baseline")
+                print(headline(pair["gpurender"], b if b is not None and b.ok else None), flush=True)
+        if not args.skip_memory:
+            print(f"\n== memory against clip length ({' vs '.join(f'{s:g} s' for s in args.memory_clips)})", flush=True)
+            run_dir = milestone_dir(sources, 1, tmp)
+            for tool in tools:
+                for s in args.memory_clips:
+                    r = run_tool(tool, run_dir, 1, s, tmp, args)
+                    mem.append(r)
+                    print(f"{tool:9s} 1 x {s:g} s: peak RSS {r.peak_rss_mib:,.0f} MiB (PSS {r.peak_pss_mib:,.0f})",
+                          flush=True)
+    return e2e, mem
+
+
+def add_ratios(result: dict, by: dict[tuple[str, int], Run], args: argparse.Namespace) -> None:
+    """gpurender against the baseline at each milestone count, and the headline, into ``result``."""
+    info = result["machine"]
+    for n in args.milestone_counts:
+        if ("gpurender", n) in by and ("baseline", n) in by:
+            g, b = by["gpurender", n], by["baseline", n]
+            result["ratios"].append({"milestones": n, "gpurender_fps": g.fps, "baseline_fps": b.fps,
+                                     "ratio": g.fps / b.fps, "gpurender_cpu_ms": g.cpu_ms_per_frame,
+                                     "baseline_cpu_ms": b.cpu_ms_per_frame,
+                                     "cpu_bound": ratio_bound(g, b, info["cores"])})
+    if result["ratios"]:
+        pick = next((x for x in result["ratios"] if x["milestones"] == HEADLINE_MILESTONES), result["ratios"][-1])
+        n = pick["milestones"]
+        result["headline"] = (f"**{pick['ratio']:.1f}x** the baseline's frames/s at {n} milestones x "
+                              f"{args.seconds:g} s ({headline(by['gpurender', n], by['baseline', n])})")
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the suite with command-line arguments ``argv`` (default: ``sys.argv[1:]``); ``prog`` names
     the command in ``--help`` and in the report (default: this file). -> the exit status: 0 when
@@ -653,54 +707,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         result["stages"] = [asdict(r) for r in stage_rows]
 
     tools = ["gpurender"] + ([] if args.skip_baseline else ["baseline"])
-    e2e: list[Run] = []
-    mem: list[Run] = []
-    with tempfile.TemporaryDirectory(prefix="gpurender-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        sources, result["checkpoints"] = source_checkpoints(tmp)
-        print(f"\n== end to end ({result['checkpoints']})", flush=True)
-        warm = milestone_dir(sources, 1, tmp)
-        for tool in [] if args.skip_warmup else tools:  # page cache, bytecode, ROMs: the first case not cold
-            run_tool(tool, warm, 1, 0.5, tmp, args)
-        for n in args.milestone_counts:
-            run_dir = milestone_dir(sources, n, tmp)
-            pair = {}
-            for tool in tools:
-                pair[tool] = best_of([run_tool(tool, run_dir, n, args.seconds, tmp, args) for _ in range(args.repeat)])
-                r = pair[tool]
-                print(f"{tool:9s} {n:3d} x {args.seconds:g} s: {r.wall_s:7.1f} s wall, {r.fps:7.1f} fps, "
-                      f"{r.realtime:5.2f}x real time, {r.cpu_s:6.1f} CPU s, peak RSS {r.peak_rss_mib:,.0f} MiB",
-                      flush=True)
-            e2e += pair.values()
-            if pair["gpurender"].ok:
-                b = pair.get("baseline")
-                print(headline(pair["gpurender"], b if b is not None and b.ok else None), flush=True)
-        if not args.skip_memory:
-            print(f"\n== memory against clip length ({' vs '.join(f'{s:g} s' for s in args.memory_clips)})", flush=True)
-            run_dir = milestone_dir(sources, 1, tmp)
-            for tool in tools:
-                for s in args.memory_clips:
-                    r = run_tool(tool, run_dir, 1, s, tmp, args)
-                    mem.append(r)
-                    print(f"{tool:9s} 1 x {s:g} s: peak RSS {r.peak_rss_mib:,.0f} MiB (PSS {r.peak_pss_mib:,.0f})",
-                          flush=True)
+    e2e, mem = run_end_to_end(args, tools, result)
     info["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["end_to_end"] = [asdict(r) for r in e2e]
     result["memory"] = [asdict(r) for r in mem]
-
     by = {(r.tool, r.milestones): r for r in e2e if r.ok}
-    for n in args.milestone_counts:
-        if ("gpurender", n) in by and ("baseline", n) in by:
-            g, b = by["gpurender", n], by["baseline", n]
-            result["ratios"].append({"milestones": n, "gpurender_fps": g.fps, "baseline_fps": b.fps,
-                                     "ratio": g.fps / b.fps, "gpurender_cpu_ms": g.cpu_ms_per_frame,
-                                     "baseline_cpu_ms": b.cpu_ms_per_frame,
-                                     "cpu_bound": ratio_bound(g, b, info["cores"])})
-    if result["ratios"]:
-        pick = next((x for x in result["ratios"] if x["milestones"] == HEADLINE_MILESTONES), result["ratios"][-1])
-        n = pick["milestones"]
-        result["headline"] = (f"**{pick['ratio']:.1f}x** the baseline's frames/s at {n} milestones x "
-                              f"{args.seconds:g} s ({headline(by['gpurender', n], by['baseline', n])})")
+    add_ratios(result, by, args)
 
     out = results_folder(args.quick, args.results_dir)
     stem = out / name

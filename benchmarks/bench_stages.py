@@ -342,22 +342,26 @@ def run_stages(device: torch.device, batches: list[int], quick: bool, report: Ca
     with stage_setup(device, quick) as (agent, r, clip), tempfile.TemporaryDirectory() as enc_dir:
         for b in batches:
             report(bench_agent(agent, b, agent_target))
-        for b in batches:
-            report(bench_pack(clip, b, frame_target))
-        for b in batches:
-            report(bench_draw(r, clip, b, frame_target))
-            if r.software:
-                report(bench_draw(r, clip, b, frame_target, game=False))
-        for kind in ("yuv", "rgb", "rgb+swscale", "panel+opencv"):
-            for b in batches:
-                report(bench_readback(r, clip, kind, b, frame_target))
+        frame_stages(r, clip, batches, frame_target, report)
         for codec in codecs:
-            for b in batches:
-                if codec != "libx264" and b > NVENC_MAX_BATCH:
-                    continue
+            for b in (b for b in batches if codec == "libx264" or b <= NVENC_MAX_BATCH):
                 report(bench_encode(clip, codec, settings, b, 2 * frame_target, Path(enc_dir)))
         return {"renderer": r.renderer, "max_tiles": r.max_tiles, "encoders": codecs,
                 "x264_preset": settings.preset, "clip_steps": len(clip.values)}
+
+
+def frame_stages(r: FrameRenderer, clip: PanelFrames, batches: list[int], target: int,
+                 report: Callable[[Row], None]) -> None:
+    """Packing, drawing and every readback at every batch size."""
+    for b in batches:
+        report(bench_pack(clip, b, target))
+    for b in batches:
+        report(bench_draw(r, clip, b, target))
+        if r.software:
+            report(bench_draw(r, clip, b, target, game=False))
+    for kind in ("yuv", "rgb", "rgb+swscale", "panel+opencv"):
+        for b in batches:
+            report(bench_readback(r, clip, kind, b, target))
 
 
 def make_checkpoint(folder: Path, name: str = "ppo_untrained.zip") -> Path:

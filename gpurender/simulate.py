@@ -143,9 +143,8 @@ def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], con
     pool = ThreadPoolExecutor(max_workers=_read_threads(milestones))
     try:
         reads = read_checkpoints(pool, milestones)  # decompressing while torch is imported
-        import torch
-
         import cv2
+        import torch
 
         from gpurender.agents import pick_device
         from gpurender.envs import make_atari

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from gpurender.agents import Agent, AgentStack, detect_algo
-from gpurender.protocol import LevelNormaliser, StepColumns, StepOutputs
 from gpurender.errors import GpurenderError
+from gpurender.protocol import LevelNormaliser, StepColumns, StepOutputs
 
 KINDS = ["ppo", "a2c", "ppo_separate", "dqn", "qrdqn"]
 ALGO = {"ppo": "PPO", "a2c": "A2C", "ppo_separate": "PPO", "dqn": "DQN", "qrdqn": "QRDQN"}

@@ -37,8 +37,8 @@ def test_cuda_outputs_equal_sb3_on_the_same_device(name: str, request: pytest.Fi
 
 @needs_cuda  # (also keeps this process free of a second EGL context where the preview tests run)
 def test_nvidia_egl_renders_the_game_panel_exactly() -> None:
-    from gpurender.render import FrameRenderer, PanelSpec
     from gpurender.agents import LayerInfo
+    from gpurender.render import FrameRenderer, PanelSpec
 
     try:
         renderer = FrameRenderer(max_tiles=4)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from _video import decode
 from conftest import compare_golden
+from PIL import Image
 
 from gpurender.agents import MAX_ACTIONS, Agent, LayerInfo
 from gpurender.config import RenderConfig

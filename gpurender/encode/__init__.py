@@ -108,10 +108,10 @@ class I420Converter:
     """RGB(A) frames -> I420 planes with OpenCV, limited-range BT.601, each chroma sample the mean
     of its 2x2 block: what the GPU's ``yuv420`` pass writes, within +-1 (Y) / +-2 (U, V).
 
-    On a software renderer this is several times cheaper than the shader pass (llvmpipe pays
-    ~10 ns per texture fetch); OpenCV releases the GIL, so encoder threads convert in parallel.
-    Every intermediate lives in buffers reused from frame to frame (fresh 100 KB+ arrays cost
-    page faults that doubled the conversion's time). One converter per thread; the process's
+    On a software renderer this is cheaper than the shader pass (every texture fetch is CPU
+    time there); OpenCV releases the GIL, so encoder threads convert in parallel. Every
+    intermediate lives in buffers reused from frame to frame (fresh large arrays cost page
+    faults). One converter per thread; the process's
     entry point calls :func:`configure_opencv_threads` once."""
 
     def __init__(self, width: int = WIDTH, height: int = HEIGHT) -> None:

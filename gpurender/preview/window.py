@@ -131,7 +131,7 @@ class Window:
         glfw.window_hint(glfw.RESIZABLE, True)
         glfw.window_hint(glfw.SCALE_TO_MONITOR, True)
         glfw.window_hint(glfw.VISIBLE, False)
-        # nothing here uses depth or stencil; without them llvmpipe blits into the window ~3x faster
+        # nothing here uses depth or stencil; without them llvmpipe blits into the window faster
         glfw.window_hint(glfw.DEPTH_BITS, 0)
         glfw.window_hint(glfw.STENCIL_BITS, 0)
         self.handle = glfw.create_window(size[0], size[1], title, None, None)

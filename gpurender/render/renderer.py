@@ -71,8 +71,7 @@ def _gl_function(name: str, *argtypes: type) -> Callable[..., None] | None:
 
 def _copy_image_fn(ctx: moderngl.Context) -> Callable[..., None] | None:
     """``glCopyImageSubData`` (GL 4.3) through EGL, or None. ModernGL has no texture-to-texture
-    region copy; on llvmpipe this one is a memcpy (0.25 ms per panel, where clearing the same
-    area costs 0.85 ms and drawing it several ms)."""
+    region copy; on llvmpipe this one is a memcpy, cheaper than clearing the same area."""
     if ctx.version_code < 430:
         return None
     args = [ctypes.c_uint, ctypes.c_uint, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int] * 2
@@ -255,8 +254,8 @@ class FrameRenderer:
         """Convert tiles ``0..n-1`` to I420 on the GPU and read them: (n, 810, 960) uint8."""
         self.passes.i420.render(self.frame_target, self.i420_target, n)
         self.finish()
-        # straight into an array: on an H100 1.0 ms a 16-frame pass, where ModernGL's read into
-        # new bytes took 1.5 and a pixel-pack buffer 1.3 (benchmarks/gpu_pass_parts.py)
+        # straight into an array: faster than reading into new bytes or through a pixel-pack
+        # buffer (benchmarks/gpu_pass_parts.py)
         frames = np.empty((n, YUV_ROWS, FRAME_W), np.uint8)
         self.fbo_yuv.read_into(frames, viewport=(0, 0, FRAME_W, YUV_ROWS * n), components=1, alignment=1)
         return frames
