@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -232,6 +233,16 @@ def _write_sidecars(cfg: RenderConfig, game: Game, report: RenderReport) -> None
         write_sidecar(v.path, meta)
 
 
+class _Tile(NamedTuple):
+    """One frame to draw: which env's video it goes to, and what it shows."""
+
+    env: int
+    panel: MilestonePanel
+    values: np.ndarray
+    chars: np.ndarray
+    screen: np.ndarray
+
+
 class _Job:
     """One batched render of several milestones: draws what the simulation process sends and
     hands the frames to one encoder thread per video."""
@@ -274,29 +285,29 @@ class _Job:
         passes of the renderer's tiles as possible: a pass costs a fixed overhead on llvmpipe."""
         r = self.renderer
         t0 = time.perf_counter()
-        per_tile = []  # (env, panel, values row, chars row, screen) in drawing order
+        per_tile: list[_Tile] = []  # in drawing order
         for d in steps:
             for panel, rows in zip(self.panels, self.rows, strict=True):
                 out = panel.unpack(d.outputs[rows])
                 values, chars = panel.pack(d.t, self.cfg.frames, out, d.scores[rows], d.lives[rows])
                 envs = range(rows.start, rows.stop)
-                per_tile += [(e, panel, values[k], chars[k], d.screens[e]) for k, e in enumerate(envs)]
+                per_tile += [_Tile(e, panel, values[k], chars[k], d.screens[e]) for k, e in enumerate(envs)]
                 if self.traces:
                     for k, e in enumerate(envs):
                         self.traces[e].write(d.t, out, k, d.rewards[e], d.scores[e], d.lives[e])
         # tiles of one layout side by side (one draw call per item kind); steps stay in order
         # within each env, which is all the encoders need
-        per_tile.sort(key=lambda c: self.layout_rank[c[1].spec.layout_key])
+        per_tile.sort(key=lambda c: self.layout_rank[c.panel.spec.layout_key])
         self.stage_seconds["pack"] += time.perf_counter() - t0
         for start in range(0, len(per_tile), r.max_tiles):
             chunk = per_tile[start : start + r.max_tiles]
             t0 = time.perf_counter()
             r.begin(len(chunk), game=not r.software)
             tile0 = 0
-            for _, group in itertools.groupby(chunk, key=lambda c: c[1].spec.layout_key):
+            for _, group in itertools.groupby(chunk, key=lambda c: c.panel.spec.layout_key):
                 seg = list(group)
-                r.draw(seg[0][1].spec, np.stack([c[2] for c in seg]), np.stack([c[3] for c in seg]),
-                       None if r.software else np.stack([c[4] for c in seg]), tile0=tile0)
+                r.draw(seg[0].panel.spec, np.stack([c.values for c in seg]), np.stack([c.chars for c in seg]),
+                       None if r.software else np.stack([c.screen for c in seg]), tile0=tile0)
                 tile0 += len(seg)
             # a GPU converts whole frames to I420; on a software renderer sampling textures is the
             # costly part, so the encoder threads convert the panel and scale the game in (OpenCV)
@@ -304,7 +315,7 @@ class _Job:
             self.stage_seconds["gl"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             for tile, c in enumerate(chunk):
-                self.encoders[c[0]].submit((frames[tile], c[4]) if r.software else frames[tile])
+                self.encoders[c.env].submit((frames[tile], c.screen) if r.software else frames[tile])
             self.stage_seconds["encode_wait"] += time.perf_counter() - t0
 
     def run(self) -> None:

@@ -93,6 +93,10 @@ def format_lr(lr: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
 
 
+BIND_SLOT = 12
+"""Index of the ``bind`` float4 in an item row (after geom, colour a, colour b)."""
+
+
 @dataclass
 class Items:
     """Rows of the ``t_items`` texture for one kind of item."""
@@ -110,6 +114,16 @@ class Items:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @staticmethod
+    def is_bound(row: Sequence[float]) -> bool:
+        """Whether an item row reads a per-frame value slot (its ``bind`` float4 names one)."""
+        return row[BIND_SLOT] >= 0 or row[BIND_SLOT + 1] >= 0
+
+    @staticmethod
+    def binds_text(row: Sequence[float]) -> bool:
+        """Whether a glyph row's character comes from a per-frame slot."""
+        return row[BIND_SLOT + 1] >= 0
 
 
 @dataclass
@@ -269,8 +283,8 @@ class PanelLayout:
         value and no action, and the glyphs of fixed, unbound text (titles, headings, labels).
         They are drawn once per video into a panel image (:class:`FrameRenderer`), the rest per
         frame: ``n_static_rects`` / ``n_static_slots`` items of each kind."""
-        static = [r for r in self.rects.rows if r[12] < 0 and r[13] < 0]
-        self.rects = Items(static + [r for r in self.rects.rows if not (r[12] < 0 and r[13] < 0)])
+        static = [r for r in self.rects.rows if not Items.is_bound(r)]
+        self.rects = Items(static + [r for r in self.rects.rows if Items.is_bound(r)])
         self.n_static_rects = len(static)
         fixed = set(self._static_fields) | {"title", "subtitle"}
         order = sorted(self.fields, key=lambda n: (n not in fixed, self.fields[n].slot0))
@@ -278,7 +292,8 @@ class PanelLayout:
         for name in order:
             f = self.fields[name]
             part = self.glyphs.rows[f.slot0 : f.slot0 + f.length]
-            assert name not in fixed or all(r[13] < 0 for r in part), f"{name}: fixed text cannot be bound"
+            bound = any(Items.binds_text(r) for r in part)
+            assert name not in fixed or not bound, f"{name}: fixed text cannot be bound"
             rows += part
             f.slot0, slot = slot, slot + f.length
         self.glyphs = Items(rows)
