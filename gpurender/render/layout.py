@@ -233,9 +233,10 @@ class PanelLayout:
         for i in range(HISTORY_ACTIONS):
             r.add((12 + i * step_a, 204, step_a - 1, 9), NONE, NONE, (self.slot_hist_actions + i, -1, -1, MODE_PALETTE))
         self._text("score_head", 12, 218, "tiny", min(64, chars), DIM)
+        graph_top = 218 + self.atlas.fonts["tiny"].cell_h + 1  # a pixel under the heading's glyph cells
         r.add((12, 258, width, 1), (0.25, 0.3, 0.45, 1.0))
         for i in range(HISTORY_SCORES):
-            r.add((12 + i * step_s, 230, step_s, 28), (0.3, 0.8, 0.5, 1.0), NONE,
+            r.add((12 + i * step_s, graph_top, step_s, 258 - graph_top), (0.3, 0.8, 0.5, 1.0), NONE,
                   (self.slot_hist_scores + i, -1, -1, MODE_HEIGHT))
 
         # network diagram
