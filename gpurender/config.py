@@ -45,9 +45,10 @@ def _whole(field: str, value: object, requirement: str, lo: int, hi: int | None 
     return value
 
 
-def _positive_seconds(field: str, value: object) -> float:
+def _positive(field: str, value: object, requirement: str) -> float:
+    """``value`` as a float, if it is a finite number > 0."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
-        raise ConfigError(field, "must be a positive, finite number of seconds", value)
+        raise ConfigError(field, requirement, value)
     return float(value)
 
 
@@ -112,7 +113,8 @@ class RenderConfig:
             "model_dir": _paths(self.model_dir),
             "output_dir": Path(self.output_dir),
             "fps": _whole("fps", self.fps, "must be a positive whole number", 1),
-            "clip_seconds": _positive_seconds("clip_seconds", self.clip_seconds),
+            "clip_seconds": _positive("clip_seconds", self.clip_seconds,
+                                      "must be a positive, finite number of seconds"),
             "envs_per_milestone": _whole("envs_per_milestone", self.envs_per_milestone, "must be at least 1", 1),
             "seed": _whole("seed", self.seed, "must be a whole number >= 0", 0),
             "crf": _whole("crf", self.crf, "must be a whole number in {}..{} (libx264's range)".format(*CRF_RANGE),
@@ -157,10 +159,7 @@ class PreviewConfig:
     """Show the window (tests drive a hidden one)."""
 
     def __post_init__(self) -> None:
-        speed = self.speed
-        if isinstance(speed, bool) or not isinstance(speed, int | float) or not (math.isfinite(speed) and speed > 0):
-            raise ConfigError("speed", "must be a positive, finite number", speed)
-        object.__setattr__(self, "speed", float(speed))
+        object.__setattr__(self, "speed", _positive("speed", self.speed, "must be a positive, finite number"))
         object.__setattr__(self, "max_frames", _whole("max_frames", self.max_frames, "must be a whole number >= 0", 0))
         object.__setattr__(self, "output_dir", Path(self.output_dir))
         object.__setattr__(self, "encoder", _one_of("encoder", self.encoder, ENCODERS))

@@ -128,8 +128,16 @@ def _check_output_dir(path: Path) -> None:
         raise GpurenderError(f"output folder {path} is not writable ({exc.strerror or exc})") from None
 
 
-def _plan(cfg: RenderConfig, game: Game, milestones: list[Milestone],
-          output_dir: Path) -> tuple[list[Milestone], list[VideoResult]]:
+class _Digests(dict[Path, str]):
+    """Each checkpoint's sha256, read once per job."""
+
+    def __missing__(self, path: Path) -> str:
+        self[path] = sha256(path)
+        return self[path]
+
+
+def _plan(cfg: RenderConfig, game: Game, milestones: list[Milestone], output_dir: Path,
+          digests: _Digests) -> tuple[list[Milestone], list[VideoResult]]:
     """-> (milestones to render, videos kept). A milestone is rendered unless every one of its
     videos exists with a sidecar that matches this run (or always with ``force``)."""
     todo, kept = [], []
@@ -138,7 +146,7 @@ def _plan(cfg: RenderConfig, game: Game, milestones: list[Milestone],
         if cfg.force or not all(p.exists() for p in paths):
             todo.append(m)
             continue
-        digest = sha256(m.path)
+        digest = digests[m.path]
         reasons = [stale_reason(p, video_settings(cfg, game.name, e, digest), cfg.trace) for e, p in enumerate(paths)]
         stale = [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
         if stale:
@@ -168,7 +176,8 @@ def render(cfg: RenderConfig, callbacks: Sequence[RenderCallback] = (), *, progr
     milestones = find_milestones(cfg.model_dir, cfg.milestones)
     output_dir = Path(cfg.output_dir)
     _check_output_dir(output_dir)
-    todo, kept = _plan(cfg, game, milestones, output_dir)
+    digests = _Digests()
+    todo, kept = _plan(cfg, game, milestones, output_dir, digests)
     report = RenderReport(kept, [])
     try:
         if not todo:
@@ -197,7 +206,7 @@ def render(cfg: RenderConfig, callbacks: Sequence[RenderCallback] = (), *, progr
         finally:
             sim.close()
             report.wall_seconds = time.perf_counter() - t_start
-            _write_sidecars(cfg, game, report)  # of the videos that finished, whatever ended the job
+            _write_sidecars(cfg, game, report, digests)  # of the videos that finished, whatever ended the job
     finally:
         report.wall_seconds = time.perf_counter() - t_start
         for cb in callbacks:
@@ -205,14 +214,11 @@ def render(cfg: RenderConfig, callbacks: Sequence[RenderCallback] = (), *, progr
     return report
 
 
-def _write_sidecars(cfg: RenderConfig, game: Game, report: RenderReport) -> None:
+def _write_sidecars(cfg: RenderConfig, game: Game, report: RenderReport, digests: _Digests) -> None:
     """One sidecar per video rendered by this job, from the final report."""
-    digests: dict[Path, str] = {}
     for v in report.videos:
         if v.skipped:
             continue
-        if v.milestone.path not in digests:
-            digests[v.milestone.path] = sha256(v.milestone.path)
         v.checkpoint_sha256 = digests[v.milestone.path]
         meta = {
             "video": v.path.name,

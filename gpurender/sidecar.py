@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gpurender.config import RenderConfig
+from gpurender.trace import trace_path
 
 
 def sidecar_path(video: Path) -> Path:
@@ -47,8 +48,6 @@ def video_settings(cfg: RenderConfig, game: str, env_index: int, checkpoint_sha2
 def stale_reason(video: Path, wanted: dict[str, Any], trace: bool) -> str | None:
     """Why the existing ``video`` does not answer this run (None: it does and may be kept).
     ``trace``: the run also wants the video's trace file."""
-    from gpurender.trace import trace_path
-
     side = sidecar_path(video)
     try:
         made = json.loads(side.read_text())
