@@ -69,6 +69,13 @@ def _job(p: argparse.ArgumentParser, output_dir: Path, clip_seconds: float) -> N
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--trace", action="store_true", default=None,
                    help="also write every number each frame's panel shows to <video>.trace.jsonl")
+    p.add_argument("--workers", type=_workers, metavar="N|auto",
+                   help="split the job into N pipelines (processes, GL contexts, encoders) balanced by frames; "
+                   "auto: from the cores, GPUs and memory; with --ray, the number of Ray tasks (default 1)")
+    p.add_argument("--ray", nargs="?", const="", dest="ray_address", metavar="ADDRESS",
+                   help="run the job as tasks on a Ray cluster (pip install 'gpurender[ray]'): ADDRESS as "
+                   "ray.init takes it (ray://head:10001, head:6379, auto); without it RAY_ADDRESS, else a new "
+                   "local cluster")
     p.add_argument("--stack-forwards", choices=tuple(STACK_FORWARDS),
                    help="run milestones of one architecture as one stacked forward: auto (on CUDA only), "
                    "on, off (default auto)")
@@ -164,11 +171,19 @@ def _flags(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 def _job_flags(args: argparse.Namespace) -> dict[str, Any]:
     """RenderConfig fields from the options of :func:`_job` and :func:`_render_only` present in ``args``."""
     out = _flags(args, "output_dir", "clip_seconds", "fps", "seed", "device", "encoder", "force", "trace",
-                 "envs_per_milestone", "crf", "preset")
+                 "envs_per_milestone", "crf", "preset", "workers", "ray_address")
     stack = getattr(args, "stack_forwards", None)
     if stack is not None:
         out["stack_forwards"] = STACK_FORWARDS[stack]
     return out
+
+
+def _workers(text: str) -> int | str:
+    """``--workers``: a number, or ``auto`` (RenderConfig checks the range)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def preview_config(args: argparse.Namespace) -> PreviewConfig:

@@ -33,7 +33,7 @@ class ConfigError(GpurenderError):
 
 def flag(field: str) -> str:
     """The command-line flag of a config field: ``clip_seconds`` -> ``--clip-seconds``."""
-    return "--" + field.replace("_", "-")
+    return "--ray" if field == "ray_address" else "--" + field.replace("_", "-")
 
 
 def _whole(field: str, value: object, requirement: str, lo: int, hi: int | None = None) -> int:
@@ -107,6 +107,14 @@ class RenderConfig:
     """Frames drawn per pass of the renderer's tiled framebuffer."""
     trace: bool = False
     """Write every number each frame's panel shows to ``<video>.trace.jsonl`` beside the video."""
+    workers: int | str = 1
+    """Pipelines the job is split into (each its own simulation process, GL context and encoders),
+    balanced by frames; ``"auto"`` picks from the machine's cores, GPUs and memory
+    (:func:`gpurender.shards.auto_workers`). With ``ray_address``: the number of Ray tasks."""
+    ray_address: str | None = None
+    """Run the shards as tasks on a Ray cluster: its address (``ray://host:10001``,
+    ``host:6379``, ``auto``), or ``""`` for Ray's default (``RAY_ADDRESS``, else a new local
+    cluster). None: no Ray."""
 
     def __post_init__(self) -> None:
         checked = {
@@ -126,6 +134,10 @@ class RenderConfig:
         }
         if self.milestones is not None:
             checked["milestones"] = tuple(str(m) for m in self.milestones)
+        if self.workers != "auto":
+            checked["workers"] = _whole("workers", self.workers, "must be a whole number >= 1 or auto", 1)
+        if self.ray_address is not None and not isinstance(self.ray_address, str):
+            raise ConfigError("ray_address", "must be a Ray cluster address", self.ray_address)
         if self.stack_forwards not in (None, True, False):
             raise ConfigError("stack_forwards", "must be None (auto), True or False", self.stack_forwards)
         for name, value in checked.items():

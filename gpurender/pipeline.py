@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -23,12 +24,16 @@ from gpurender.errors import GpurenderError
 from gpurender.games import Game, action_meanings, resolve_game
 from gpurender.milestones import Milestone, find_milestones
 from gpurender.network import AgentInfo
+from gpurender.outputs import MilestoneLocks
 from gpurender.panel import MilestonePanel
 from gpurender.protocol import Done, Step
 from gpurender.render import FrameRenderer
 from gpurender.sidecar import sha256, stale_reason, video_settings, write_sidecar
 from gpurender.simulate import SimulationProcess
 from gpurender.trace import TraceWriter, trace_path
+
+if TYPE_CHECKING:
+    from gpurender.shards import Shard
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,10 @@ class VideoResult:
     unfinished_score: float = 0.0
     """Score of the game still running at the end of the clip."""
     skipped: bool = False
-    """It existed, made with the same checkpoint and settings, and was kept."""
+    """It existed, made with the same checkpoint and settings, and was kept; or another process
+    is rendering it (:attr:`busy_pid`)."""
+    busy_pid: int | None = None
+    """Skipped because this live process holds its lock (0: a process whose id is unknown)."""
     trace: Path | None = None
     """Its ``--trace`` file, when one was written."""
     agent: AgentInfo | None = None
@@ -163,12 +171,17 @@ def render(cfg: RenderConfig, callbacks: Sequence[RenderCallback] = (), *, progr
     """Render one video per milestone (x envs per milestone) as ``cfg`` says, with a sidecar
     (and a trace, with ``cfg.trace``) beside each; -> the job's report.
 
+    The job runs in this process, in ``cfg.workers`` local shards (:mod:`gpurender.shards`) or
+    as tasks on a Ray cluster (``cfg.ray_address``, :mod:`gpurender.cluster`); the report is one
+    for the whole job either way. Milestones another live process is rendering into the same
+    folder are skipped (``VideoResult.busy_pid``), never written twice.
+
     ``callbacks`` follow the job (:class:`RenderCallback`); ``progress`` adds a
-    :class:`ProgressBar`. Milestones whose checkpoint fails to load are in ``report.failures``
-    while the others render. Raises :class:`~gpurender.errors.GpurenderError` for bad input and
-    ``KeyboardInterrupt`` on Ctrl-C; unfinished videos are removed, finished ones (and their
-    sidecars) kept. Switches OpenCV's thread pool off in this process
-    (:func:`~gpurender.encode.configure_opencv_threads`)."""
+    :class:`ProgressBar`. Milestones whose checkpoint fails to load, or whose shard failed, are
+    in ``report.failures`` while the others render. Raises
+    :class:`~gpurender.errors.GpurenderError` for bad input and ``KeyboardInterrupt`` on Ctrl-C;
+    unfinished videos are removed, finished ones (and their sidecars) kept. Switches OpenCV's
+    thread pool off in this process (:func:`~gpurender.encode.configure_opencv_threads`)."""
     t_start = time.perf_counter()
     configure_opencv_threads()
     callbacks = [*callbacks, *([ProgressBar()] if progress else [])]
@@ -177,36 +190,23 @@ def render(cfg: RenderConfig, callbacks: Sequence[RenderCallback] = (), *, progr
     output_dir = Path(cfg.output_dir)
     _check_output_dir(output_dir)
     digests = _Digests()
-    todo, kept = _plan(cfg, game, milestones, output_dir, digests)
-    report = RenderReport(kept, [])
+    report = RenderReport([], [])
     try:
-        if not todo:
-            report.encoder, _ = choose_encoder(cfg.encoder)
-            return report
-        # start the simulation first: it imports torch and loads the checkpoints while this process
-        # opens the GL context and the encoders
-        sim = SimulationProcess(cfg, game, todo)
-        try:
-            report.encoder, _ = choose_encoder(cfg.encoder)
-            with FrameRenderer(max_tiles=cfg.max_tiles) as renderer:
-                loaded = sim.loaded()
-                report.failures, report.device = loaded.failures, loaded.device
-                report.forwards_per_step, report.renderer = loaded.forwards_per_step, renderer.renderer
-                if loaded.agents:
-                    job = _Job(cfg, game, loaded.agents, report.encoder, output_dir, sim, renderer, callbacks)
-                    try:
-                        job.run()
-                    finally:
-                        job.close()
-                        report.videos += job.finished
-                        report.frames = job.frames_done
-                        report.stage_seconds = job.stage_seconds
-                        if job.first_frame_time is not None:
-                            report.first_frame_seconds = job.first_frame_time - t_start
-        finally:
-            sim.close()
-            report.wall_seconds = time.perf_counter() - t_start
-            _write_sidecars(cfg, game, report, digests)  # of the videos that finished, whatever ended the job
+        with MilestoneLocks(output_dir) as locks:
+            busy = locks.acquire_all(m.video_name for m in milestones)
+            mine = [m for m in milestones if m.video_name not in busy]
+            todo, report.videos = _plan(cfg, game, mine, output_dir, digests)
+            for m in milestones:
+                if m.video_name in busy:
+                    log.warning("skipping %s: process %s is rendering it into %s", m.display, busy[m.video_name] or "?",
+                                output_dir)
+                    report.videos += [VideoResult(m, e, video_path(output_dir, m, e, cfg.envs_per_milestone),
+                                                  skipped=True, busy_pid=busy[m.video_name])
+                                      for e in range(cfg.envs_per_milestone)]
+            if todo:
+                _merge(report, _execute(cfg, game, todo, callbacks, t_start, digests))
+            else:
+                report.encoder, _ = choose_encoder(cfg.encoder)
     finally:
         report.wall_seconds = time.perf_counter() - t_start
         for cb in callbacks:
@@ -214,8 +214,76 @@ def render(cfg: RenderConfig, callbacks: Sequence[RenderCallback] = (), *, progr
     return report
 
 
-def _write_sidecars(cfg: RenderConfig, game: Game, report: RenderReport, digests: _Digests) -> None:
-    """One sidecar per video rendered by this job, from the final report."""
+def _execute(cfg: RenderConfig, game: Game, todo: list[Milestone], callbacks: Sequence[RenderCallback],
+             t_start: float, digests: _Digests) -> RenderReport:
+    """Render ``todo`` here, in local shards or on Ray, as ``cfg`` says."""
+    from gpurender import shards
+
+    if cfg.ray_address is not None:
+        from gpurender.cluster import render_on_ray
+
+        return render_on_ray(cfg, game, todo, callbacks, digests)
+    plan = shards.plan_shards(todo, cfg.envs_per_milestone, shards.local_workers(cfg, todo))
+    if len(plan) > 1:
+        return shards.render_local(cfg, game, plan, callbacks, t_start)
+    return render_shard(cfg, game, plan[0], callbacks, t_start=t_start, digests=digests)
+
+
+def _merge(report: RenderReport, part: RenderReport) -> None:
+    """Add ``part`` (one shard's or several shards' report) to ``report``."""
+    report.videos += part.videos
+    report.failures += part.failures
+    report.frames += part.frames
+    report.forwards_per_step += part.forwards_per_step
+    for k, v in part.stage_seconds.items():
+        report.stage_seconds[k] = report.stage_seconds.get(k, 0.0) + v
+    for name in ("encoder", "renderer", "device"):
+        mine, theirs = getattr(report, name), getattr(part, name)
+        if theirs and theirs not in mine.split("; "):
+            setattr(report, name, f"{mine}; {theirs}" if mine else theirs)
+    if part.first_frame_seconds is not None:
+        report.first_frame_seconds = min(report.first_frame_seconds or math.inf, part.first_frame_seconds)
+
+
+def render_shard(cfg: RenderConfig, game: Game, shard: Shard, callbacks: Sequence[RenderCallback] = (), *,
+                 t_start: float | None = None, digests: _Digests | None = None, sidecars: bool = True) -> RenderReport:
+    """One pipeline: render ``shard`` (its milestones, its envs of each) in this process and its
+    simulation child, writing each video (and with ``sidecars``, its sidecar) into
+    ``cfg.output_dir``; -> its report. ``t_start``: when the job started
+    (``time.perf_counter``, which is system-wide on Linux), for ``first_frame_seconds``."""
+    t_start = time.perf_counter() if t_start is None else t_start
+    output_dir = Path(cfg.output_dir)
+    report = RenderReport([], [])
+    # start the simulation first: it imports torch and loads the checkpoints while this process
+    # opens the GL context and the encoders
+    sim = SimulationProcess(cfg, game, list(shard.milestones), shard.envs)
+    try:
+        report.encoder, _ = choose_encoder(cfg.encoder)
+        with FrameRenderer(max_tiles=cfg.max_tiles) as renderer:
+            loaded = sim.loaded()
+            report.failures, report.device = loaded.failures, loaded.device
+            report.forwards_per_step, report.renderer = loaded.forwards_per_step, renderer.renderer
+            if loaded.agents:
+                job = _Job(cfg, game, loaded.agents, shard.envs, report.encoder, output_dir, sim, renderer, callbacks)
+                try:
+                    job.run()
+                finally:
+                    job.close()
+                    report.videos += job.finished
+                    report.frames = job.frames_done
+                    report.stage_seconds = job.stage_seconds
+                    if job.first_frame_time is not None:
+                        report.first_frame_seconds = job.first_frame_time - t_start
+    finally:
+        sim.close()
+        report.wall_seconds = time.perf_counter() - t_start
+        if sidecars:  # of the videos that finished, whatever ended the job
+            write_sidecars(cfg, game, report, digests if digests is not None else _Digests())
+    return report
+
+
+def write_sidecars(cfg: RenderConfig, game: Game, report: RenderReport, digests: _Digests) -> None:
+    """One sidecar per video rendered by this job (not the skipped ones), from its report."""
     for v in report.videos:
         if v.skipped:
             continue
@@ -253,11 +321,11 @@ class _Job:
     """One batched render of several milestones: draws what the simulation process sends and
     hands the frames to one encoder thread per video."""
 
-    def __init__(self, cfg: RenderConfig, game: Game, loaded: list[tuple[Milestone, AgentInfo]], codec: str,
-                 output_dir: Path, sim: SimulationProcess, renderer: FrameRenderer,
+    def __init__(self, cfg: RenderConfig, game: Game, loaded: list[tuple[Milestone, AgentInfo]],
+                 envs: Sequence[int], codec: str, output_dir: Path, sim: SimulationProcess, renderer: FrameRenderer,
                  callbacks: Sequence[RenderCallback]) -> None:
         self.cfg, self.game, self.sim, self.renderer, self.callbacks = cfg, game, sim, renderer, callbacks
-        e_per = cfg.envs_per_milestone
+        e_per = len(envs)
         self.n_envs = len(loaded) * e_per
         self.frames_done = 0
         # simulation process: infer, env, sim_blocked (pipe full: drawing is slower); main process:
@@ -276,9 +344,9 @@ class _Job:
         self.first_frame_time: float | None = None
         try:
             for m, info in loaded:
-                for k in range(e_per):
-                    path = video_path(output_dir, m, k, e_per)
-                    self.videos.append(VideoResult(m, k, path, agent=info))
+                for env in envs:
+                    path = video_path(output_dir, m, env, cfg.envs_per_milestone)
+                    self.videos.append(VideoResult(m, env, path, agent=info))
                     self.encoders.append(EncoderThread(VideoWriter(path, codec, settings)))
                     if cfg.trace:
                         self.traces.append(TraceWriter(path))

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from gpurender.config import RenderConfig
+from gpurender.outputs import write_atomic
 from gpurender.trace import trace_path
 
 
@@ -65,7 +65,4 @@ def stale_reason(video: Path, wanted: dict[str, Any], trace: bool) -> str | None
 
 def write_sidecar(video: Path, meta: dict[str, Any]) -> None:
     """Write ``meta`` beside ``video`` (through a temporary file: never half-written)."""
-    path = sidecar_path(video)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(sidecar_path(video), (json.dumps(meta, indent=2) + "\n").encode())

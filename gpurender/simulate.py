@@ -131,9 +131,10 @@ def stack_forwards(cfg: RenderConfig, device: torch.device) -> bool:
     return cfg.stack_forwards if cfg.stack_forwards is not None else device.type == "cuda"
 
 
-def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], conn: Connection,
+def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], envs: Sequence[int], conn: Connection,
              stop: mp.Event, ring: ScreenRing, parent: int) -> None:
-    """Child process: load the agents, report them (:class:`Loaded`), then send one
+    """Child process: load the agents, report them (:class:`Loaded`), then play env ``e`` of
+    ``envs`` (seeded ``cfg.seed + e``) for each milestone, sending one
     :class:`Step` per frame (its screens go through ``ring``) and :class:`Done`; any failure is
     sent as :class:`Failed`. Messages go from this thread: an ``mp.Queue``'s feeder thread would
     have to win the GIL from the busy simulation loop for every message."""
@@ -158,11 +159,11 @@ def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], con
         game = resolve_game(game_name)
         failures: list[tuple[Path, str]] = []
         loaded = load_agents(cfg, game, device, milestones, failures, reads)
-        units = forward_units([a for _, a in loaded], cfg.envs_per_milestone, stack_forwards(cfg, device))
+        units = forward_units([a for _, a in loaded], len(envs), stack_forwards(cfg, device))
         out.send(Loaded([(m, a.info) for m, a in loaded], failures, str(device), len(units)))
         if not loaded:
             return
-        seeds = [cfg.seed + e for _ in loaded for e in range(cfg.envs_per_milestone)]
+        seeds = [cfg.seed + e for _ in loaded for e in envs]
         rollout = Rollout(make_atari(game, seeds, cfg.backend), units, device)
         stages = dict.fromkeys(("infer", "env", "sim_blocked"), 0.0)
         for t in range(cfg.frames):
@@ -221,19 +222,19 @@ class SimulationProcess:
     """The parent's handle on :func:`simulate`: :meth:`loaded` first, then :meth:`get` until
     :class:`Done`. A failure in the child is raised here."""
 
-    def __init__(self, cfg: RenderConfig, game: Game, milestones: list[Milestone]) -> None:
+    def __init__(self, cfg: RenderConfig, game: Game, milestones: list[Milestone], envs: Sequence[int]) -> None:
         ctx = mp.get_context("spawn")
         # the drawer takes up to max_tiles frames per pass: room for two passes' worth of steps
         # plus the one being copied out and the one being written, so memory stays bounded by the
         # number of envs, never by the clip's length
-        envs = len(milestones) * cfg.envs_per_milestone
-        steps_per_pass = max(1, cfg.max_tiles // max(1, envs))
-        self.ring = ScreenRing(ctx, max(4, 2 * steps_per_pass) + 2, envs)
+        rows = len(milestones) * len(envs)
+        steps_per_pass = max(1, cfg.max_tiles // max(1, rows))
+        self.ring = ScreenRing(ctx, max(4, 2 * steps_per_pass) + 2, rows)
         conn, child_end = ctx.Pipe(duplex=False)
         self.channel = Channel(conn)
         self.stop = ctx.Event()
-        self.proc = ctx.Process(target=simulate, name="gpurender-simulate", daemon=True,
-                                args=(cfg, game.name, milestones, child_end, self.stop, self.ring, os.getpid()))
+        args = (cfg, game.name, milestones, tuple(envs), child_end, self.stop, self.ring, os.getpid())
+        self.proc = ctx.Process(target=simulate, name="gpurender-simulate", daemon=True, args=args)
         with _main_module_hidden():
             self.proc.start()
         child_end.close()  # the child's copy stays open: its death reads as end-of-file here

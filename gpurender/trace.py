@@ -24,6 +24,7 @@ from typing import IO
 
 import numpy as np
 
+from gpurender.outputs import partial_path
 from gpurender.protocol import StepOutputs
 
 
@@ -36,7 +37,7 @@ class TraceWriter:
 
     def __init__(self, video: Path) -> None:
         self.path = trace_path(video)
-        self.partial = self.path.with_name(f".{self.path.name}.partial")
+        self.partial = partial_path(self.path)
         self._file: IO[str] = self.partial.open("w", buffering=1 << 16)
 
     def write(self, t: int, out: StepOutputs, k: int, reward: float, score: float, lives: int) -> None:
