@@ -21,6 +21,7 @@ import numpy as np
 
 from gpurender.config import ENCODERS
 from gpurender.errors import GpurenderError
+from gpurender.outputs import partial_path
 
 log = logging.getLogger(__name__)
 WIDTH, HEIGHT = 960, 540
@@ -170,7 +171,7 @@ class VideoWriter:
     def __init__(self, path: Path, codec: str, settings: EncodeSettings) -> None:
         self.path = path
         self._converter = I420Converter()
-        self.partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+        self.partial = partial_path(path)
         self.frames = 0
         try:
             self.container = av.open(str(self.partial), "w", format="mp4", options={"movflags": "+faststart"})
