@@ -105,29 +105,33 @@ class LevelNormaliser:
     """Running per-layer maximum that maps raw node levels to [0, 1] brightness.
 
     Hidden and input layers are divided by the largest node level that layer has reached so far in
-    this video (over all envs of the milestone), so brightness is stable and comparable within a
-    video; output nodes (probabilities) are shown as they are. ``stack=M``: one running maximum
-    per milestone of an :class:`~gpurender.agents.AgentStack`, levels shaped (M, B, nodes).
+    this video, so brightness is stable and comparable within a video, and a video depends on
+    nothing but its own env (not on the other envs or milestones it was rendered beside); output
+    nodes (probabilities) are shown as they are. Levels are shaped (..., envs, nodes): (B, nodes)
+    for one agent, (M, B, nodes) for an :class:`~gpurender.agents.AgentStack` of M.
     """
 
-    def __init__(self, node_counts: list[int], stack: int | None = None) -> None:
+    def __init__(self, node_counts: list[int]) -> None:
         import torch
 
         self.n_scaled = sum(node_counts[:-1])  # every node but the output layer's
         self.layer_of_node = torch.as_tensor(np.repeat(np.arange(len(node_counts) - 1), node_counts[:-1]))
-        layers = len(node_counts) - 1
-        self.running = torch.zeros(layers) if stack is None else torch.zeros(stack, layers)
+        self.layers = len(node_counts) - 1
+        self.running: torch.Tensor | None = None
+        """(..., envs, layers) each video's running maximum, made at the first call."""
 
     def __call__(self, levels: torch.Tensor) -> torch.Tensor:
         import torch
 
+        scaled = levels[..., : self.n_scaled]
+        if self.running is None:
+            self.running = torch.zeros(*scaled.shape[:-1], self.layers, device=levels.device)
         if self.running.device != levels.device:
             self.running = self.running.to(levels.device)
+        if self.layer_of_node.device != levels.device:
             self.layer_of_node = self.layer_of_node.to(levels.device)
-        scaled = levels[..., : self.n_scaled]
-        node_max = scaled.amax(dim=-2)  # over the envs
-        self.running = self.running.scatter_reduce(-1, self.layer_of_node.expand_as(node_max), node_max, "amax")
-        scale = self.running.clamp_min(1e-6)[..., self.layer_of_node].unsqueeze(-2)
+        self.running = self.running.scatter_reduce(-1, self.layer_of_node.expand_as(scaled), scaled, "amax")
+        scale = self.running.clamp_min(1e-6)[..., self.layer_of_node]
         return torch.cat([scaled / scale, levels[..., self.n_scaled :]], dim=-1).clamp_(0.0, 1.0)
 
     def outputs(self, out: StepOutputs) -> StepOutputs:

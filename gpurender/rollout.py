@@ -65,7 +65,7 @@ def forward_units(agents: Sequence[Agent], envs_per_agent: int, stack: bool) -> 
         if len(group) == 1:
             units.append(ForwardUnit(group[0], LevelNormaliser(group[0].node_counts), rows, (envs_per_agent,)))
         else:
-            units.append(ForwardUnit(AgentStack(group), LevelNormaliser(group[0].node_counts, stack=len(group)),
+            units.append(ForwardUnit(AgentStack(group), LevelNormaliser(group[0].node_counts),
                                      rows, (len(group), envs_per_agent)))
         row = rows.stop
     return units

@@ -110,7 +110,7 @@ def test_stacked_forward_equals_each_agents_own(kind, agents, obs):
     group = [a, _other_weights(a, 1.1), _other_weights(a, 0.9)]
     stack = AgentStack(group)
     per_agent_norms = [LevelNormaliser(g.node_counts) for g in group]
-    stacked_norm = LevelNormaliser(a.node_counts, stack=len(group))
+    stacked_norm = LevelNormaliser(a.node_counts)
     rng = np.random.default_rng(7)
     for _step in range(3):
         x = rng.integers(0, 256, (len(group), B, 4, 84, 84), dtype=np.uint8)
