@@ -5,12 +5,26 @@ uniform vec2 u_frame_size;   // 960, 540
 uniform int u_tile0;         // tile of the first frame drawn by this call
 uniform int u_tiles;         // tiles in the target
 
+// Frame pixel px of frame `frame` in clip space. px is snapped to the rasteriser's 1/256-pixel
+// grid first, so a vertex lands on the same sub-pixel position of its tile in every tile (the
+// tile offset is a whole number of rows): a frame is rasterised the same wherever it is drawn.
 vec4 frame_to_clip(vec2 px, int frame) {
+    px = floor(px * 256.0 + 0.5) / 256.0;
     float tile = float(u_tile0 + frame);
     float x = px.x / u_frame_size.x * 2.0 - 1.0;
     float y = (tile * u_frame_size.y + px.y) / (u_frame_size.y * float(u_tiles)) * 2.0 - 1.0;
     return vec4(x, y, 0.0, 1.0);
 }
+
+#if defined FRAGMENT_SHADER
+// This fragment's position in its frame's pixels (frame_to_clip's px), from its window position
+// alone: exact, and the same in every tile. Shapes are computed from it instead of from
+// interpolated varyings, whose rounding depends on where the tile is.
+vec2 frame_pixel() {
+    float tile = floor(gl_FragCoord.y / u_frame_size.y);
+    return vec2(gl_FragCoord.x, gl_FragCoord.y - tile * u_frame_size.y);
+}
+#endif
 
 // Per-frame model numbers: one row per frame, one column per value slot (see layout.py).
 uniform sampler2D t_values;

@@ -5,8 +5,9 @@
 
 #if defined VERTEX_SHADER
 uniform float u_half_width;
-out float v_across;
-out vec4 v_color;
+flat out vec2 v_start;     // the segment's start, frame pixels
+flat out vec2 v_normal;
+flat out vec4 v_color;
 
 void main() {
     int frame, item;
@@ -18,7 +19,8 @@ void main() {
     vec2 normal = vec2(-dir.y, dir.x);
     vec2 corner = quad_corner();
     vec2 p = mix(seg.xy, seg.zw, corner.x) + normal * (corner.y * 2.0 - 1.0) * u_half_width;
-    v_across = corner.y * 2.0 - 1.0;
+    v_start = seg.xy;
+    v_normal = normal;
     vec4 base = item_row(item, 1);
     v_color = vec4(base.rgb, strength * strength * 0.7);  // squared: weak flow fades out
     // an edge whose brightest fragment would be discarded is not rasterised at all
@@ -26,12 +28,15 @@ void main() {
 }
 
 #elif defined FRAGMENT_SHADER
-in float v_across;
-in vec4 v_color;
+uniform float u_half_width;
+flat in vec2 v_start;
+flat in vec2 v_normal;
+flat in vec4 v_color;
 out vec4 f_color;
 
 void main() {
-    float glow = exp(-v_across * v_across * 6.0);
+    float across = dot(frame_pixel() - v_start, v_normal) / u_half_width;  // -1..1 over the quad
+    float glow = exp(-across * across * 6.0);
     float a = v_color.a * glow;
     if (a < 0.004) discard;
     f_color = vec4(v_color.rgb * a, a);

@@ -6,11 +6,11 @@
 
 #if defined VERTEX_SHADER
 uniform float u_glow_extent;    // quad half-size in radii
-out vec2 v_local;               // position in radii from the centre
-out float v_level;
-out float v_ring;
-out vec3 v_color;
-out vec3 v_ring_color;
+flat out vec3 v_disc;          // centre (frame pixels), radius
+flat out float v_level;
+flat out float v_ring;
+flat out vec3 v_color;
+flat out vec3 v_ring_color;
 
 void main() {
     int frame, item;
@@ -22,20 +22,20 @@ void main() {
         ? 0.35 + 0.65 * clamp(frame_value(frame, int(binding.w)), 0.0, 1.0) : 0.0;
     v_color = item_row(item, 1).rgb;
     v_ring_color = item_row(item, 2).rgb;
-    v_local = (quad_corner() * 2.0 - 1.0) * u_glow_extent;
-    gl_Position = frame_to_clip(geom.xy + v_local * geom.z, frame);
+    v_disc = geom.xyz;
+    gl_Position = frame_to_clip(geom.xy + (quad_corner() * 2.0 - 1.0) * u_glow_extent * geom.z, frame);
 }
 
 #elif defined FRAGMENT_SHADER
-in vec2 v_local;
-in float v_level;
-in float v_ring;
-in vec3 v_color;
-in vec3 v_ring_color;
+flat in vec3 v_disc;
+flat in float v_level;
+flat in float v_ring;
+flat in vec3 v_color;
+flat in vec3 v_ring_color;
 out vec4 f_color;
 
 void main() {
-    float d = length(v_local);
+    float d = length(frame_pixel() - v_disc.xy) / v_disc.z;  // in radii from the centre
     float aa = fwidth(d);
     float disc = 1.0 - smoothstep(1.0 - aa, 1.0 + aa, d);
     float rim = disc * smoothstep(0.70, 1.0, d);

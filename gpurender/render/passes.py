@@ -142,7 +142,7 @@ class GamePass(TiledPass):
     shader = "game"
 
     def __init__(self, ctx: moderngl.Context) -> None:
-        super().__init__(ctx, u_rect=GAME_RECT, u_screen_size=(160.0, 210.0))
+        super().__init__(ctx, u_rect=GAME_RECT)
 
     def render(self, src: moderngl.TextureArray, dst: Target, first: int = 0, frames: int = 1) -> None:
         """Layers ``0 .. frames-1`` of ``src`` into frames ``first ..`` of ``dst``."""
@@ -249,15 +249,14 @@ class TextPass(ItemsPass):
 
 class I420Pass(Pass):
     """RGB frames -> planar I420 (BT.601, limited range) in an R8 target of 810-row tiles, each
-    tile read row by row being one frame's Y, U and V planes (``shaders/yuv420.glsl``): Y by a
-    nearest fetch, U and V by one bilinear fetch per 2x2 block."""
+    tile read row by row being one frame's Y, U and V planes (``shaders/yuv420.glsl``): Y from
+    one texel, U and V from the mean of each 2x2 block; a frame's bytes do not depend on its tile."""
 
     def __init__(self, ctx: moderngl.Context) -> None:
         super().__init__(ctx)
         size = dict(u_frame_size=(FRAME_W, FRAME_H))
         self.luma = self.own(Program(ctx, "yuv420", **size))
         self.chroma = self.own(Program(ctx, "yuv420", ("CHROMA",), **size))
-        self.linear = self.own(ctx.sampler(filter=(moderngl.LINEAR, moderngl.LINEAR)))
 
     def render(self, src: Target, dst: Target, frames: int = 1) -> None:
         """Frames ``0 .. frames-1`` of ``src`` (RGB, nearest-filtered) into the same tiles of
@@ -269,10 +268,7 @@ class I420Pass(Pass):
             prog.set(u_tiles=src.tiles)
         src.texture.use(Unit.RGB)
         self.luma.draw(frames)
-        self.linear.texture = src.texture
-        self.linear.use(Unit.RGB)
         self.chroma.draw(4 * frames)
-        self.linear.clear(Unit.RGB)
 
 
 class PresentPass(Pass):
