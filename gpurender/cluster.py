@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from gpurender.config import RenderConfig
 from gpurender.errors import GpurenderError
 from gpurender.outputs import write_atomic
-from gpurender.shards import CORES_PER_PIPELINE, Shard, plan_shards
+from gpurender.shards import CORES_PER_PIPELINE, Shard, job_title, plan_shards
 
 if TYPE_CHECKING:
     from gpurender.games import Game
@@ -187,8 +187,7 @@ def _run(ray: Any, cfg: RenderConfig, game: Game, shards: list[Shard], options: 
 
     report = RenderReport([], [])
     for cb in callbacks:
-        cb.on_start(sum(s.videos for s in shards) * cfg.frames,
-                    f"{game.name} x{sum(len(s.milestones) for s in shards)} milestones, {len(shards)} Ray tasks")
+        cb.on_start(sum(s.videos for s in shards) * cfg.frames, job_title(game, shards, "Ray tasks"))
     progress = ray.remote(num_cpus=0)(_Progress).remote()
     task = ray.remote(max_retries=TASK_RETRIES, retry_exceptions=False, **options)(_render_task)
     stored = {m.path: ray.put(m.path.read_bytes()) for s in shards for m in s.milestones}

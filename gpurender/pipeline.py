@@ -196,13 +196,13 @@ def render(cfg: RenderConfig, callbacks: Sequence[RenderCallback] = (), *, progr
             busy = locks.acquire_all(m.video_name for m in milestones)
             mine = [m for m in milestones if m.video_name not in busy]
             todo, report.videos = _plan(cfg, game, mine, output_dir, digests)
-            for m in milestones:
-                if m.video_name in busy:
-                    log.warning("skipping %s: process %s is rendering it into %s", m.display, busy[m.video_name] or "?",
-                                output_dir)
-                    report.videos += [VideoResult(m, e, video_path(output_dir, m, e, cfg.envs_per_milestone),
-                                                  skipped=True, busy_pid=busy[m.video_name])
-                                      for e in range(cfg.envs_per_milestone)]
+            if busy:
+                log.warning("skipping %s: another process (%s) is rendering into %s",
+                            ", ".join(m.display for m in milestones if m.video_name in busy),
+                            ", ".join(sorted({str(pid or "?") for pid in busy.values()})), output_dir)
+            report.videos += [VideoResult(m, e, video_path(output_dir, m, e, cfg.envs_per_milestone), skipped=True,
+                                          busy_pid=busy[m.video_name])
+                              for m in milestones if m.video_name in busy for e in range(cfg.envs_per_milestone)]
             if todo:
                 _merge(report, _execute(cfg, game, todo, callbacks, t_start, digests))
             else:

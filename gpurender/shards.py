@@ -130,6 +130,12 @@ def shard_device(cfg: RenderConfig, shard: Shard, gpus: int) -> tuple[RenderConf
     return replace(cfg, device=f"cuda:{k}"), (k if gpus > 1 else None)
 
 
+def job_title(game: Game, shards: Sequence[Shard], runners: str) -> str:
+    """The progress bar's title: ``Breakout x4 milestones, 2 workers``."""
+    milestones = {m.path for s in shards for m in s.milestones}
+    return f"{game.name} x{len(milestones)} milestones, {len(shards)} {runners}"
+
+
 # -- local shards ------------------------------------------------------------------------------
 
 
@@ -146,8 +152,7 @@ def render_local(cfg: RenderConfig, game: Game, shards: Sequence[Shard], callbac
     events = ctx.Queue()
     gpus = visible_gpus()
     for cb in callbacks:
-        cb.on_start(sum(s.videos for s in shards) * cfg.frames,
-                    f"{game.name} x{sum(len(s.milestones) for s in shards)} milestones, {len(shards)} workers")
+        cb.on_start(sum(s.videos for s in shards) * cfg.frames, job_title(game, shards, "workers"))
     procs: dict[int, mp.Process] = {}
     report = RenderReport([], [])
     results: dict[int, RenderReport | str] = {}
@@ -281,4 +286,13 @@ def _shard_main(cfg: RenderConfig, game_name: str, shard: Shard, events: mp.Queu
     events.join_thread()
 
 
-__all__ = ["Shard", "auto_workers", "local_workers", "plan_shards", "render_local", "shard_device", "visible_gpus"]
+__all__ = [
+    "Shard",
+    "auto_workers",
+    "job_title",
+    "local_workers",
+    "plan_shards",
+    "render_local",
+    "shard_device",
+    "visible_gpus",
+]

@@ -16,7 +16,12 @@ def summary_table(report: RenderReport) -> list[str]:
     """The table's lines: milestone, frames, returns of the games finished in the clip, file."""
     rows = [("milestone", "frames", "episode returns", "file")]
     for v in report.videos:
-        returns = SKIPPED if v.skipped else (", ".join(f"{x:g}" for x in v.episode_returns) or "no game finished")
+        if v.busy_pid is not None:
+            returns = f"skipped (process {v.busy_pid or '?'} is rendering it)"
+        elif v.skipped:
+            returns = SKIPPED
+        else:
+            returns = ", ".join(f"{x:g}" for x in v.episode_returns) or "no game finished"
         rows.append((v.milestone.display, "-" if v.skipped else str(v.frames), returns, str(v.path)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
