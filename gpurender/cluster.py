@@ -37,6 +37,9 @@ TASK_RETRIES = 3
 
 
 def import_ray() -> Any:
+    """The ``ray`` module (a one-line error if it is not installed), with usage statistics off
+    unless the environment turns them on."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError:
@@ -47,11 +50,10 @@ def import_ray() -> Any:
 def connect(address: str | None) -> bool:
     """Join the cluster at ``address`` (``""``/None: Ray's default, ``RAY_ADDRESS`` or a new local
     cluster) unless this process already has; -> whether this call connected (and so should
-    disconnect). The dashboard and Ray's usage statistics stay off."""
+    disconnect). A cluster started here has no dashboard."""
     ray = import_ray()
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {"address": address or None, "log_to_driver": False, "logging_level": logging.WARNING,
                               "configure_logging": False}
     if not (address or os.environ.get("RAY_ADDRESS")):
@@ -59,8 +61,12 @@ def connect(address: str | None) -> bool:
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise GpurenderError(f"cannot reach the Ray cluster at {address or os.environ.get('RAY_ADDRESS') or 'local'}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        where = address or os.environ.get("RAY_ADDRESS") or "local"
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = ("" if os.environ.get("RAY_AUTH_MODE") == "token" else
+                " (a cluster with token authentication, ray's default since 2.52, also needs RAY_AUTH_MODE=token "
+                "and its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+        raise GpurenderError(f"cannot reach the Ray cluster at {where}: {why}{hint}") from None
     return True
 
 
@@ -117,6 +123,24 @@ class _ActorProgress:
         self.flush()
 
 
+TASK_FOLDER = "gpurender-task-"
+"""Prefix of a task's temporary folder, followed by its worker's process id."""
+
+
+def _remove_dead_tasks_folders() -> None:
+    """Delete the temporary folders of tasks whose worker was killed (it could not)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{TASK_FOLDER}*-*"):
+        try:
+            pid = int(folder.name[len(TASK_FOLDER) :].split("-")[0])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            continue  # another user's live process
+
+
 def _render_task(cfg: RenderConfig, game_name: str, shard: Shard, progress: Any,
                  *checkpoints: bytes) -> tuple[RenderReport, dict[str, bytes]]:
     """One shard on a Ray worker, in a temporary folder of its node: -> its report and the bytes
@@ -126,7 +150,8 @@ def _render_task(cfg: RenderConfig, game_name: str, shard: Shard, progress: Any,
     from gpurender.pipeline import render_shard
 
     progress.started.remote(shard.index, os.getpid())
-    work = Path(tempfile.mkdtemp(prefix="gpurender-task-"))
+    _remove_dead_tasks_folders()
+    work = Path(tempfile.mkdtemp(prefix=f"{TASK_FOLDER}{os.getpid()}-"))
     try:
         (work / "checkpoints").mkdir()
         local = []
