@@ -26,7 +26,8 @@ void main() {
     } else {
         v_color = value < 0.0 ? vec4(0.0) : u_palette[clamp(int(value + 0.5), 0, 17)];
     }
-    gl_Position = frame_to_clip(rect.xy + quad_corner() * rect.zw, frame);
+    // a transparent rect (an unmatched highlight, an empty history cell) is not rasterised at all
+    gl_Position = v_color.a <= 0.0 ? vec4(2.0, 2.0, 2.0, 1.0) : frame_to_clip(rect.xy + quad_corner() * rect.zw, frame);
 }
 
 #elif defined FRAGMENT_SHADER

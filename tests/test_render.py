@@ -21,6 +21,7 @@ from gpurender.render import FrameRenderer, PanelSpec
 from gpurender.render.layout import (
     BACKGROUND,
     BAR,
+    EDGES_PER_NODE,
     FRAME_H,
     FRAME_W,
     HILITE,
@@ -33,6 +34,7 @@ from gpurender.render.layout import (
     SLOT_ACTION,
     SLOT_PROBS,
     YELLOW,
+    strongest_inputs,
 )
 
 BREAKOUT = resolve_game("Breakout")
@@ -93,14 +95,21 @@ class Frame:
     """(HISTORY_SCORES,) recent episode scores scaled to [0, 1]: divided by ``score_peak``."""
     score_peak: float = 0.0
     """The largest episode score of the graph's frames (0: all are 0)."""
+    edges: np.ndarray | None = None
+    """(n_edges,) edge weight slots; None: :func:`_edges`."""
 
     def with_(self, **kw) -> Frame:
         return replace(self, **kw)
 
 
 def _edges(renderer: FrameRenderer, spec: PanelSpec) -> np.ndarray:
-    n = renderer.layout(spec).n_edges
-    return np.random.default_rng(7).uniform(0.15, 1.0, n).astype(np.float32)
+    """Random group weights per layer pair, as the pipeline packs them (each node's strongest
+    inputs only)."""
+    layout = renderer.layout(spec)
+    rng = np.random.default_rng(7)
+    counts = layout.node_counts
+    mats = [rng.uniform(0.15, 1.0, (d, s)).astype(np.float32) for s, d in itertools.pairwise(counts)]
+    return layout.edge_values(mats)
 
 
 def _history(n_actions: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -160,7 +169,8 @@ def draw(renderer: FrameRenderer, frames: list[Frame], yuv: bool = False, tile0:
     spec = frames[0].spec
     layout = renderer.layout(spec)
     values = np.concatenate([
-        layout.values(np.array([f.action]), f.probs[None], f.levels[None], _edges(renderer, spec)[None],
+        layout.values(np.array([f.action]), f.probs[None], f.levels[None],
+                      (_edges(renderer, spec) if f.edges is None else f.edges)[None],
                       None if f.hist_actions is None else f.hist_actions[None],
                       None if f.hist_scores is None else f.hist_scores[None])
         for f in frames])
@@ -343,6 +353,35 @@ def test_node_brightness_increases_with_level(renderer, ppo_layers, breakout_scr
     for lo, hi in itertools.pairwise(bounds):
         col = brightness[(slots >= lo) & (slots < hi)]
         assert np.all(np.diff(col) > 0), f"nodes {lo}..{hi - 1}: brightness {col} not increasing with level"
+
+
+def test_strongest_inputs_keeps_each_nodes_k_largest():
+    w = np.array([[0.2, 0.9, 0.5, 0.9], [1.0, 0.15, 0.3, 0.6]], np.float32)
+    np.testing.assert_array_equal(strongest_inputs(w, 2), np.float32([[0.0, 0.9, 0.0, 0.9], [1.0, 0.0, 0.0, 0.6]]))
+    np.testing.assert_array_equal(strongest_inputs(w, None), w)
+    np.testing.assert_array_equal(strongest_inputs(w, 4), w)
+
+
+def test_only_each_nodes_strongest_inputs_are_drawn(renderer, ppo_layers, breakout_screen):
+    """Every edge into Conv1's first node has a weight, every other edge none: the diagram draws
+    its EDGES_PER_NODE strongest (each with its real weight), the others not at all."""
+    f = ppo_frame(renderer, ppo_layers, breakout_screen)
+    layout = renderer.layout(f.spec)
+    counts = layout.node_counts
+    mats = [np.zeros((d, s), np.float32) for s, d in itertools.pairwise(counts)]
+    mats[0][0] = np.linspace(0.4, 1.0, counts[0])[::-1]  # input node 0 the strongest
+    levels = np.ones(layout.n_nodes, np.float32)
+    levels[-len(f.probs):] = f.probs
+    lit, dark = draw(renderer, [f.with_(levels=levels, edges=layout.edge_values(mats)),
+                                f.with_(levels=levels, edges=np.zeros(layout.n_edges, np.float32))])
+    for s, row in enumerate(layout.edges.rows[: counts[0]]):  # the edges into Conv1's node 0
+        x0, y0, x1, y1 = row[:4]
+        mid = lit[round((y0 + y1) / 2), round((x0 + x1) / 2)].astype(int)
+        base = dark[round((y0 + y1) / 2), round((x0 + x1) / 2)].astype(int)
+        if s < EDGES_PER_NODE:
+            assert mid.sum() > base.sum() + 30, f"input {s}: one of the strongest, but not drawn"
+        else:
+            np.testing.assert_array_equal(mid, base, err_msg=f"input {s}: not among the strongest, but drawn")
 
 
 def test_batched_frames_equal_single_frames(renderer, ppo_layers, breakout_screen):

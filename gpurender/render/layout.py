@@ -58,6 +58,10 @@ HISTORY_ACTIONS = 48
 """Executed actions shown in the history strip (most recent on the right)."""
 HISTORY_SCORES = 96
 """Frames of episode score (the running total of the episode's rewards) shown in the score graph."""
+EDGES_PER_NODE = 2
+"""Connections drawn into each node of the network diagram: its strongest inputs by mean |weight|
+(the diagram's heading says so). Every edge is a long, thin glowing quad, the costliest item to
+rasterise on a CPU; the weakest ones were faint anyway (benchmarks/README.md, issue 15)."""
 MODE_WIDTH, MODE_HEIGHT, MODE_PALETTE = 0, 1, 2
 
 SLOT_ACTION = 0
@@ -124,6 +128,18 @@ class Items:
     def binds_text(row: Sequence[float]) -> bool:
         """Whether a glyph row's character comes from a per-frame slot."""
         return row[BIND_SLOT + 1] >= 0
+
+
+def strongest_inputs(weights: np.ndarray, k: int | None) -> np.ndarray:
+    """``weights`` (dst, src) with all but each row's ``k`` largest entries set to 0 (a copy;
+    ``k`` None or >= src: unchanged)."""
+    w = np.asarray(weights, np.float32)
+    if k is None or k >= w.shape[1]:
+        return w.copy()
+    keep = np.argsort(-w, axis=1, kind="stable")[:, :k]
+    out = np.zeros_like(w)
+    np.put_along_axis(out, keep, np.take_along_axis(w, keep, axis=1), axis=1)
+    return out
 
 
 @dataclass
@@ -240,7 +256,11 @@ class PanelLayout:
                   (self.slot_hist_scores + i, -1, -1, MODE_HEIGHT))
 
         # network diagram
-        self._text("net_head", 12, 270, "head", 40, CYAN, static="Network Activity (real activations)")
+        net_head = "Network Activity (real activations)"
+        self._text("net_head", 12, 270, "head", len(net_head), CYAN, static=net_head)
+        legend = f"{EDGES_PER_NODE} strongest inputs per node"
+        head_w = self.atlas.fonts["head"].cell_w
+        self._text("net_legend", 12 + (len(net_head) + 1) * head_w, 274, "tiny", len(legend), DIM, static=legend)
         r.add((0, 264, PANEL_W, 1), (0.25, 0.3, 0.45, 1.0))
         k_cols = len(self.layers)
         xs = [44 + i * (PANEL_W - 88) / (k_cols - 1) for i in range(k_cols)]
@@ -318,9 +338,11 @@ class PanelLayout:
         raw = text[: f.length].ljust(f.length).encode("ascii", "replace")
         chars[..., f.slot0 : f.slot0 + f.length] = np.frombuffer(raw, np.uint8)
 
-    def edge_values(self, edge_weights: Sequence[np.ndarray]) -> np.ndarray:
-        """Flatten per-layer (dst, src) group weights in the order edges were laid out."""
-        return np.concatenate([w.reshape(-1) for w in edge_weights]).astype(np.float32)
+    def edge_values(self, edge_weights: Sequence[np.ndarray], per_node: int | None = EDGES_PER_NODE) -> np.ndarray:
+        """Flatten per-layer (dst, src) group weights in the order edges were laid out, keeping
+        only each destination node's ``per_node`` strongest inputs (the others are 0: not drawn;
+        None keeps every edge). Ties go to the lower source index."""
+        return np.concatenate([strongest_inputs(w, per_node).reshape(-1) for w in edge_weights]).astype(np.float32)
 
     def values(self, actions: np.ndarray, probs: np.ndarray, levels: np.ndarray, edges: np.ndarray,
                hist_actions: np.ndarray | None = None, hist_scores: np.ndarray | None = None) -> np.ndarray:
