@@ -64,7 +64,7 @@ def connect(address: str | None) -> bool:
         where = address or os.environ.get("RAY_ADDRESS") or "local"
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         hint = ("" if os.environ.get("RAY_AUTH_MODE") == "token" else
-                " (a cluster with token authentication, ray's default since 2.52, also needs RAY_AUTH_MODE=token "
+                " (a cluster with token authentication, on by default in ray 2.60, also needs RAY_AUTH_MODE=token "
                 "and its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
         raise GpurenderError(f"cannot reach the Ray cluster at {where}: {why}{hint}") from None
     return True

@@ -15,30 +15,57 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import secrets
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 PARTIAL = ".partial"
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
 
 
 def partial_path(path: Path, pid: int | None = None) -> Path:
     """The hidden name ``path`` is written under until it is complete:
-    ``.<name>.<pid>-<token>.partial``, unique to this writer."""
-    return path.with_name(f".{path.name}.{os.getpid() if pid is None else pid}-{secrets.token_hex(4)}{PARTIAL}")
+    ``.<name>.<host>-<pid>-<token>.partial``, unique to this writer (on a shared filesystem too)."""
+    return path.with_name(f".{path.name}.{_HOST}-{os.getpid() if pid is None else pid}-{secrets.token_hex(4)}"
+                          f"{PARTIAL}")
 
 
 def remove_partials(folder: Path, pid: int) -> list[Path]:
-    """Delete the partial files process ``pid`` left in ``folder`` (it was killed before it could);
-    -> the files removed."""
+    """Delete the partial files process ``pid`` of this machine left in ``folder`` (it was killed
+    before it could); -> the files removed."""
     removed = []
-    for p in Path(folder).glob(f".*.{pid}-*{PARTIAL}"):
+    for p in Path(folder).glob(f".*.{_HOST}-{pid}-*{PARTIAL}"):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
             removed.append(p)
     return removed
+
+
+def remove_dead_writers_partials(folder: Path) -> list[Path]:
+    """Delete the partial files in ``folder`` of this machine's processes that are gone (a render
+    killed with SIGKILL, or a crashed machine's): they can never be finished. Other machines'
+    files are left alone: their process ids mean nothing here."""
+    pattern = re.compile(rf"\.{re.escape(_HOST)}-(\d+)-[0-9a-f]+{re.escape(PARTIAL)}$")
+    removed = []
+    for p in Path(folder).glob(f".*{PARTIAL}"):
+        m = pattern.search(p.name)
+        if m and not _alive(int(m.group(1))):
+            removed += remove_partials(folder, int(m.group(1)))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -125,4 +152,4 @@ def _read_pid(fd: int) -> int:
         return 0
 
 
-__all__ = ["MilestoneLocks", "partial_path", "remove_partials", "write_atomic"]
+__all__ = ["MilestoneLocks", "partial_path", "remove_dead_writers_partials", "remove_partials", "write_atomic"]

@@ -24,7 +24,7 @@ from gpurender.errors import GpurenderError
 from gpurender.games import Game, action_meanings, resolve_game
 from gpurender.milestones import Milestone, find_milestones
 from gpurender.network import AgentInfo
-from gpurender.outputs import MilestoneLocks
+from gpurender.outputs import MilestoneLocks, remove_dead_writers_partials
 from gpurender.panel import MilestonePanel
 from gpurender.protocol import Done, Step
 from gpurender.render import FrameRenderer
@@ -192,6 +192,8 @@ def render(cfg: RenderConfig, callbacks: Sequence[RenderCallback] = (), *, progr
     digests = _Digests()
     report = RenderReport([], [])
     try:
+        for leftover in remove_dead_writers_partials(output_dir):
+            log.info("removed %s, left by a render that was killed", leftover.name)
         with MilestoneLocks(output_dir) as locks:
             busy = locks.acquire_all(m.video_name for m in milestones)
             mine = [m for m in milestones if m.video_name not in busy]

@@ -18,7 +18,7 @@ from _video import decode, message_lines, run_cli, start_cli, wait_cli
 from gpurender.config import ConfigError, RenderConfig
 from gpurender.demo import demo_checkpoints
 from gpurender.milestones import find_milestones
-from gpurender.outputs import MilestoneLocks, partial_path, remove_partials
+from gpurender.outputs import MilestoneLocks, partial_path, remove_dead_writers_partials, remove_partials
 from gpurender.shards import Shard, auto_workers, plan_shards, shard_device
 
 GIB = 1 << 30
@@ -98,6 +98,18 @@ def test_partial_names_are_unique_per_writer(tmp_path: Path):
         p.write_bytes(b"x")
     assert sorted(remove_partials(tmp_path, os.getpid())) == sorted([mine, again])
     assert other.exists()
+
+
+def test_partials_of_dead_writers_on_this_machine_are_removed(tmp_path: Path):
+    video = tmp_path / "a.mp4"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live, dead = partial_path(video), partial_path(video, pid=gone.pid)
+    elsewhere = tmp_path / f".a.mp4.otherhost-{gone.pid}-0badc0de.partial"  # another machine's writer
+    for p in (live, dead, elsewhere):
+        p.write_bytes(b"x")
+    assert remove_dead_writers_partials(tmp_path) == [dead]
+    assert live.exists() and elsewhere.exists()
 
 
 def test_a_lock_names_its_holder_and_dies_with_it(tmp_path: Path):
