@@ -9,11 +9,15 @@ working folder's checkout is not imported instead). The job is the bundled demo 
 (``--demo``), repeated to ``--milestones`` copies as ``bench.py`` does. On a VM whose speed
 drifts, only these same-run ratios are comparable; absolute times are printed for the record.
 The CPU is split by process and thread kind as ``bench.py`` splits it (see benchmarks/README.md).
+With ``--own-demo`` each tree renders its own bundled demo checkpoints (to count a change to the
+archives); otherwise both render this checkout's. The load average is printed before and after,
+and whether the two trees wrote byte-identical videos.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -46,8 +50,17 @@ def run_once(tree: Path, run_dir: Path, seconds: float, work: Path, tag: str, ex
                 os.environ[k] = v
     if m.returncode != 0:
         raise SystemExit(f"{tag} failed (exit {m.returncode}):\n{m.log_tail}")
-    sizes = sorted(p.stat().st_size for p in out_dir.glob("*.mp4"))
-    return {"wall_s": m.wall_s, "cpu_s": m.cpu_s, "cpu_by_role": m.cpu_by_role, "mp4_bytes": sizes}
+    videos = sorted(out_dir.glob("*.mp4"))
+    return {"wall_s": m.wall_s, "cpu_s": m.cpu_s, "cpu_by_role": m.cpu_by_role,
+            "mp4_bytes": [p.stat().st_size for p in videos],
+            "mp4_sha256": [hashlib.sha256(p.read_bytes()).hexdigest() for p in videos]}
+
+
+def tree_demo(tree: Path) -> list[Path]:
+    """``tree``'s own bundled demo checkpoints, in training order."""
+    from gpurender.milestones import find_milestones
+
+    return [m.path for m in find_milestones([tree / "gpurender" / "demo"])]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,26 +71,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--milestones", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--json", type=Path, help="write every run here")
+    ap.add_argument("--own-demo", action="store_true", help="each tree renders its own bundled demo checkpoints")
     ap.add_argument("extra", nargs="*", help="more `gpurender render` flags (after --)")
     args = ap.parse_args(argv)
     frames = args.milestones * round(args.seconds * FPS)
     with tempfile.TemporaryDirectory(prefix="cpu-ab-") as tmp:
         work = Path(tmp)
-        sources, _ = source_checkpoints(work)
-        run_dir = milestone_dir(sources, args.milestones, work)
+        run_dirs = {}
+        for side in ("a", "b"):
+            (work / side).mkdir()
+            sources = tree_demo(getattr(args, side)) if args.own_demo else source_checkpoints(work)[0]
+            run_dirs[side] = milestone_dir(sources, args.milestones, work / side)
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
         runs: dict[str, list[dict]] = {"a": [], "b": []}
         order = [("a", "b") if i % 2 == 0 else ("b", "a") for i in range(args.runs)]
         for i, pair in enumerate(order):
             for side in pair:
                 tree = args.a if side == "a" else args.b
-                r = run_once(tree, run_dir, args.seconds, work, f"{side}{i}", args.extra)
+                r = run_once(tree, run_dirs[side], args.seconds, work, f"{side}{i}", args.extra)
                 runs[side].append(r)
                 print(f"{side} run {i}: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s = "
                       f"{1e3 * r['cpu_s'] / frames:.2f} ms/frame, mp4 {sum(r['mp4_bytes']) / 1e6:.2f} MB", flush=True)
     a, b = runs["a"], runs["b"]
     cpu_ratios = [rb["cpu_s"] / ra["cpu_s"] for ra, rb in zip(a, b, strict=True)]
     wall_ratios = [rb["wall_s"] / ra["wall_s"] for ra, rb in zip(a, b, strict=True)]
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"\n{args.milestones} milestones x {args.seconds:g} s, {frames} frames, {args.runs} alternating pairs")
+    same = all(r["mp4_sha256"] == a[0]["mp4_sha256"] for r in a + b)
+    print(f"every run of both trees wrote byte-identical videos: {'yes' if same else 'NO'}")
     for side, rs in (("a", a), ("b", b)):
         cpu = statistics.median(r["cpu_s"] for r in rs)
         wall = statistics.median(r["wall_s"] for r in rs)

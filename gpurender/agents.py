@@ -4,10 +4,12 @@ that yields everything the panel shows: action, probabilities or Q-values, value
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import functools
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +170,10 @@ class Agent:
         self.learning_rate = data["learning_rate_now"]
         self.num_timesteps = int(data.get("num_timesteps", 0))
         self.exploration_rate = float(data.get("exploration_rate", 0.0))
+        self._weights: tuple[torch.Tensor, ...] | None = None
+        """The policy's parameters and buffers in :func:`_state_tensors` order (made at first use)."""
+        self._graphs: dict[tuple, _Unoptimised] = {}
+        """This agent's traced forwards by observation shape, dtype and device."""
         self._build_taps()
 
     @functools.cached_property
@@ -232,11 +238,18 @@ class Agent:
     def twin(self) -> Agent:
         """An independent copy (own modules, own activation taps) of this agent."""
         twin = copy.deepcopy(self)
-        twin.__dict__.pop("model", None)
         for i, tap in enumerate(twin._tap_modules):
             tap._forward_hooks.clear()  # the copied hooks still fill the original's taps
             tap.register_forward_hook(twin._hook(i))
         return twin
+
+    def __getstate__(self) -> dict:
+        """What a copy takes: not the SB3 model, the weights list or the traced graphs (the copy
+        has its own weights; it finds the same graphs again)."""
+        state = self.__dict__.copy()
+        state.pop("model", None)
+        state["_weights"], state["_graphs"] = None, {}
+        return state
 
     def _hook(self, i: int):
         def hook(_module: nn.Module, _inp: object, out: torch.Tensor) -> None:
@@ -295,11 +308,33 @@ class Agent:
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor | np.ndarray) -> StepOutputs:
-        """One forward over a batch of (B,4,84,84) uint8 observations (raw node levels)."""
+        """One forward over a batch of (B,4,84,84) uint8 observations (raw node levels).
+
+        On the CPU it runs as a traced graph (:func:`_traced_forward`): the same operations, so
+        the same numbers bit for bit, without a Python call per module and per operation."""
         obs_t = torch.as_tensor(obs, device=self.device)
-        probs, q, value = self._forward_raw(obs_t)
-        levels = self._node_means(obs_t, probs)
+        run = self._forward_traced if self.device.type == "cpu" else self._forward_eager
+        probs, q, value, levels = run(obs_t)
         return StepOutputs(self._select(probs, q, self.exploration_rate), value, probs, q, levels)
+
+    def _forward_eager(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                                             torch.Tensor]:
+        """-> probs, q_values, value, raw node levels: :meth:`_forward_raw`, then the taps' means."""
+        probs, q, value = self._forward_raw(obs)
+        return probs, q, value, self._node_means(obs, probs)
+
+    def _forward_traced(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                                              torch.Tensor]:
+        """:meth:`_forward_eager` as the graph traced for this architecture and batch shape, fed
+        this agent's own weights."""
+        key = (obs.shape, obs.dtype, obs.device)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._graphs[key] = _traced_forward(self, obs)
+        if self._weights is None:
+            self._weights = tuple(t for _, t in _state_tensors(self.policy))
+        out = graph(obs, *self._weights)
+        return out[0], (out[3] if len(out) > 3 else None), out[1], out[2]
 
     def _select(self, probs: torch.Tensor, q: torch.Tensor | None, exploration: float | torch.Tensor) -> torch.Tensor:
         """The executed actions: the most likely, or sampled as the algorithm explores
@@ -324,13 +359,86 @@ class Agent:
         for layer, act, signed in zip(self.layers[1:-1], self._taps, self._signed, strict=True):
             a = act.abs() if signed else act
             per_unit = a.flatten(2).mean(dim=2) if a.dim() > 2 else a
-            units = per_unit.shape[1]
+            units = layer.units  # per_unit.shape[1], as a constant (also while tracing)
             if units % layer.nodes == 0:  # equal groups: one reshape, one mean
                 cols.append(per_unit.view(per_unit.shape[0], layer.nodes, units // layer.nodes).mean(dim=2))
             else:
                 cols.append(torch.stack([g.mean(dim=1) for g in per_unit.tensor_split(layer.nodes, dim=1)], dim=1))
         cols.append(probs)
         return torch.cat(cols, dim=1)
+
+
+def _state_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every parameter and buffer of ``module`` by name, in a fixed order."""
+    return [*module.named_parameters(), *module.named_buffers()]
+
+
+@contextlib.contextmanager
+def _state_swapped(module: nn.Module, tensors: dict[str, torch.Tensor]) -> Iterator[None]:
+    """``module`` computing with ``tensors`` in place of its parameters and buffers of those names."""
+    saved = []
+    for name, tensor in tensors.items():
+        owner_name, _, attr = name.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        store = owner._parameters if attr in owner._parameters else owner._buffers
+        saved.append((store, attr, store[attr]))
+        store[attr] = tensor
+    try:
+        yield
+    finally:
+        for store, attr, tensor in reversed(saved):
+            store[attr] = tensor
+
+
+_TRACED: dict[tuple, _Unoptimised] = {}
+"""Traced forwards by :func:`_trace_key`."""
+
+
+def _trace_key(agent: Agent, obs: torch.Tensor) -> tuple:
+    """Agents with equal keys compute the same operations on observations of this shape: the same
+    module classes with the same settings (their ``repr``), parameter and buffer shapes, algorithm
+    and taps."""
+    policy = agent.policy
+    state = tuple((name, tuple(t.shape), t.dtype) for name, t in _state_tensors(policy))
+    modules = tuple(type(m) for m in policy.modules())
+    return (agent.algo, modules, repr(policy), state, agent._normalize_images, tuple(agent._signed),
+            tuple(agent.node_counts), tuple(obs.shape), obs.dtype, str(obs.device))
+
+
+def _traced_forward(agent: Agent, obs: torch.Tensor) -> _Unoptimised:
+    """``agent._forward_eager`` traced once per :func:`_trace_key` (every milestone of one
+    architecture shares it) into a graph ``(obs, *weights) -> (probs, value, levels[, q])`` whose
+    weights are inputs (:func:`_state_tensors` order). It records the very operations the eager
+    forward runs, so its outputs equal the eager forward's bit for bit (tests/test_agents.py
+    checks); the graph runs unoptimised, as recorded (no fusion)."""
+    key = _trace_key(agent, obs)
+    graph = _TRACED.get(key)
+    if graph is None:
+        names = [name for name, _ in _state_tensors(agent.policy)]
+
+        def forward(x: torch.Tensor, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            with _state_swapped(agent.policy, dict(zip(names, weights, strict=True))):
+                probs, q, value, levels = agent._forward_eager(x)
+            return (probs, value, levels) if q is None else (probs, value, levels, q)
+
+        weights = tuple(t for _, t in _state_tensors(agent.policy))
+        with torch.jit.optimized_execution(False):
+            graph = torch.jit.trace(forward, (obs, *weights), check_trace=False)
+        agent._taps = [None] * len(agent._taps)  # the trace's values, not this agent's
+        _TRACED[key] = graph = _Unoptimised(graph)
+    return graph
+
+
+class _Unoptimised:
+    """A traced graph run exactly as recorded: TorchScript's graph optimisations (and any
+    operator fusion they would bring) off for its calls."""
+
+    def __init__(self, graph: torch.jit.ScriptFunction) -> None:
+        self.graph = graph
+
+    def __call__(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.jit.optimized_execution(False):
+            return self.graph(*args)
 
 
 def stack_key(agent: Agent) -> tuple:

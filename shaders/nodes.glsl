@@ -4,8 +4,24 @@
 // strength is that action's probability.
 #include "common.glsl"
 
+// Alpha below which a fragment is discarded (draws nothing).
+const float MIN_ALPHA = 0.004;
+
 #if defined VERTEX_SHADER
-uniform float u_glow_extent;    // quad half-size in radii
+uniform float u_glow_extent;    // the largest quad half-size, in radii
+uniform bool u_fit_quads;       // quads fitted to what each node draws; false: all u_glow_extent
+
+// Half-size (radii) of the square that holds every pixel this node draws: the distance at which
+// its disc, halo and ring fall below MIN_ALPHA (the fragment shader's own formulas solved for d),
+// plus 3 pixels for the disc's anti-aliased edge and rounding; never more than u_glow_extent.
+// Every pixel it leaves out of the u_glow_extent quad would have been discarded.
+float visible_extent(float radius, float level, float ring) {
+    float e = 1.0;
+    float halo_peak = level * 0.8;
+    if (halo_peak > MIN_ALPHA) e = max(e, 1.0 + sqrt(log(halo_peak / MIN_ALPHA) / 2.5));
+    if (ring > MIN_ALPHA) e = max(e, 1.6 + 0.18 * sqrt(log(ring / MIN_ALPHA)));
+    return min(u_glow_extent, e + 3.0 / radius);
+}
 flat out vec3 v_disc;          // centre (frame pixels), radius
 flat out float v_level;
 flat out float v_ring;
@@ -23,7 +39,8 @@ void main() {
     v_color = item_row(item, 1).rgb;
     v_ring_color = item_row(item, 2).rgb;
     v_disc = geom.xyz;
-    gl_Position = frame_to_clip(geom.xy + (quad_corner() * 2.0 - 1.0) * u_glow_extent * geom.z, frame);
+    float extent = u_fit_quads ? visible_extent(geom.z, v_level, v_ring) : u_glow_extent;
+    gl_Position = frame_to_clip(geom.xy + (quad_corner() * 2.0 - 1.0) * extent * geom.z, frame);
 }
 
 #elif defined FRAGMENT_SHADER
@@ -44,7 +61,7 @@ void main() {
     float ring = v_ring * exp(-pow((d - 1.6) / 0.18, 2.0));
     vec3 rgb = core * disc + v_color * halo * (1.0 - disc) + v_ring_color * ring;
     float a = max(disc, max(halo, ring));
-    if (a < 0.004) discard;
+    if (a < MIN_ALPHA) discard;
     f_color = vec4(rgb, a);
 }
 #endif

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpurender.agents import Agent, AgentStack, detect_algo
+from gpurender.agents import Agent, AgentStack, _traced_forward, detect_algo
 from gpurender.errors import GpurenderError
 from gpurender.protocol import LevelNormaliser, StepColumns, StepOutputs
 
@@ -128,6 +128,24 @@ def test_stacked_forward_equals_each_agents_own(kind, agents, obs):
             assert torch.equal(got.actions[m], want.actions)
             torch.testing.assert_close(levels[m], per_agent_norms[m](want.levels), atol=1e-5, rtol=0)
     assert not torch.allclose(got.probs[0], got.probs[1])  # the weights really differ
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_traced_forward_is_the_eager_forward_bit_for_bit(kind, agents, obs):
+    """On the CPU act() runs the graph traced once per architecture and fed each agent's own
+    weights: every output equals the eager forward's exactly, for the agent and for another of
+    its architecture with other weights (which shares the trace)."""
+    agent = agents(kind)
+    other = _other_weights(agent, 1.1)
+    x = torch.as_tensor(obs)
+    with torch.no_grad():
+        for a in (agent, other):
+            for got, want in zip(a._forward_traced(x), a._forward_eager(x), strict=True):
+                assert (got is None) == (want is None)
+                assert got is None or torch.equal(got, want)
+        assert _traced_forward(agent, x) is _traced_forward(other, x)
+        assert not torch.equal(agent._forward_traced(x)[0], other._forward_traced(x)[0])
+        assert torch.equal(agent.act(x).levels, agent._forward_eager(x)[3])
 
 
 def test_stack_refuses_mixed_architectures(agents):

@@ -17,6 +17,7 @@ from gpurender.encode import (
     VideoWriter,
     choose_encoder,
     configure_opencv_threads,
+    i420_frame,
     nvenc_open_failure,
     nvenc_unavailable_reason,
     nvidia_gpu_present,
@@ -204,6 +205,18 @@ def test_converter_reuses_its_planes_and_writes_the_game_half():
     assert (y[:, : W // 2] == 16).all()  # black panel
     xs = np.floor((np.arange(W // 2) + 0.5) * 160 / (W // 2)).astype(int)
     assert np.array_equal(y[:, W // 2 :] == 235, np.broadcast_to(xs >= 80, (H, W // 2)))
+
+
+def test_i420_frame_is_pyavs_own_frame_of_the_planes():
+    """The writer's frames hold the bytes PyAV's ``from_ndarray`` would put in each plane."""
+    import av
+
+    for yuv in i420_frames(2, seed=3):
+        got, want = i420_frame(yuv), av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        assert (got.width, got.height, got.format.name) == (want.width, want.height, want.format.name)
+        for a, b in zip(got.planes, want.planes, strict=True):
+            assert a.line_size == b.line_size and bytes(a) == bytes(b)
+        assert np.array_equal(got.to_ndarray(), yuv)
 
 
 def test_writer_takes_rgba_and_panel_plus_screen(tmp_path: Path):

@@ -355,6 +355,30 @@ def test_node_brightness_increases_with_level(renderer, ppo_layers, breakout_scr
         assert np.all(np.diff(col) > 0), f"nodes {lo}..{hi - 1}: brightness {col} not increasing with level"
 
 
+def test_node_quads_fitted_to_the_glow_draw_what_full_quads_draw(renderer, ppo_layers, breakout_screen):
+    """Each node's quad covers only where its disc, halo and ring can draw at its level; the
+    frames equal those drawn with every quad of the full glow extent, at levels from 0 to 1 (the
+    halo's edge crossing the fitted quad's) and with the executed action's ring."""
+    f = ppo_frame(renderer, ppo_layers, breakout_screen)
+    n = renderer.layout(f.spec).n_nodes
+    ramp = np.concatenate([[0.0], np.geomspace(1e-4, 1.0, n - 1)]).astype(np.float32)
+    frames = []
+    for levels, action in ((ramp, 0), (ramp[::-1].copy(), 3), (np.random.default_rng(5).permutation(ramp), 1)):
+        probs = levels[-4:] / max(float(levels[-4:].sum()), 1e-6)
+        frames.append(f.with_(levels=levels, probs=probs.astype(np.float32), action=action))
+    nodes = renderer.passes.nodes
+    assert nodes.fit_quads
+    fitted = [draw(renderer, [x]) for x in frames]
+    nodes.fit_quads = False
+    try:
+        full = [draw(renderer, [x]) for x in frames]
+    finally:
+        nodes.fit_quads = True
+    for k, (a, b) in enumerate(zip(fitted, full, strict=True)):
+        differ = np.argwhere(np.any(a[0] != b[0], axis=2))
+        assert len(differ) == 0, f"frame {k}: {len(differ)} pixels differ, first at (y, x) {differ[0]}"
+
+
 def test_strongest_inputs_keeps_each_nodes_k_largest():
     w = np.array([[0.2, 0.9, 0.5, 0.9], [1.0, 0.15, 0.3, 0.6]], np.float32)
     np.testing.assert_array_equal(strongest_inputs(w, 2), np.float32([[0.0, 0.9, 0.0, 0.9], [1.0, 0.0, 0.0, 0.6]]))

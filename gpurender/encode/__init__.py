@@ -156,6 +156,18 @@ class I420Converter:
         return self.out
 
 
+def i420_frame(yuv: np.ndarray) -> av.VideoFrame:
+    """(810, 960) I420 planes (Y, then U, then V; C-contiguous) -> a new yuv420p ``VideoFrame``:
+    the frame ``VideoFrame.from_ndarray(yuv, format="yuv420p")`` makes, byte for byte, its planes
+    filled by numpy copies instead of PyAV's own copy (cost: benchmarks/README.md, issue 15)."""
+    h, w = yuv.shape[0] * 2 // 3, yuv.shape[1]
+    frame = av.VideoFrame(w, h, "yuv420p")
+    chroma = np.ascontiguousarray(yuv[h:]).reshape(2, h // 2, w // 2)
+    for plane, src in zip(frame.planes, (yuv[:h], chroma[0], chroma[1]), strict=True):
+        np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width] = src
+    return frame
+
+
 def rgba_to_i420(rgba: np.ndarray) -> np.ndarray:
     """:meth:`I420Converter.rgba` into a new array."""
     return I420Converter(rgba.shape[1], rgba.shape[0]).rgba(rgba).copy()
@@ -196,7 +208,7 @@ class VideoWriter:
             yuv = self._converter.compose(*image)
         else:
             yuv = self._converter.rgba(image) if image.ndim == 3 else image
-        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        frame = i420_frame(yuv)
         frame.pts = self.frames
         self.frames += 1
         self._mux(self.stream.encode(frame))

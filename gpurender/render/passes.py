@@ -215,12 +215,24 @@ class EdgesPass(ItemsPass):
 
 
 class NodesPass(ItemsPass):
-    """Network nodes with their analytic glow."""
+    """Network nodes with their analytic glow. Each node's quad covers only the pixels its disc,
+    halo and ring can draw at its level (the same pixels as quads of the full glow extent, which
+    ``fit_quads = False`` draws)."""
 
     shader = "nodes"
+    GLOW_EXTENT = 2.2
+    """The largest quad half-size, in node radii."""
 
     def __init__(self, ctx: moderngl.Context) -> None:
-        super().__init__(ctx, u_glow_extent=2.2)
+        super().__init__(ctx, u_glow_extent=self.GLOW_EXTENT, u_fit_quads=True)
+
+    @property
+    def fit_quads(self) -> bool:
+        return bool(self.program.program["u_fit_quads"].value)
+
+    @fit_quads.setter
+    def fit_quads(self, on: bool) -> None:
+        self.program.set(u_fit_quads=on)
 
 
 class TextPass(ItemsPass):
