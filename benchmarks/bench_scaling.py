@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=socket.gethostname(), help="machine name for the results files")
     p.add_argument("--milestones", type=int, default=16, help="milestones of the job (default 16)")
     p.add_argument("--seconds", type=float, default=30.0, help="clip length (default 30)")
-    p.add_argument("--workers", default="1,2,4", help="local pipeline counts (default 1,2,4)")
+    p.add_argument("--workers", default="1,2,4", help="local pipeline counts, 'auto' among them (default 1,2,4)")
     p.add_argument("--ray", action="store_true", help="also the job as Ray tasks on a local cluster")
     p.add_argument("--ray-workers", type=int, default=0, help="Ray tasks (default: the largest --workers)")
     p.add_argument("--repeat", type=int, default=3, help="runs of each case; the median is kept")
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def command(case: str, n: int, run_dir: Path, out: Path, args: argparse.Namespace) -> list[str]:
+def command(case: str, n: int | str, run_dir: Path, out: Path, args: argparse.Namespace) -> list[str]:
     render = [sys.executable, "-m", "gpurender", "render", "--model-dir", str(run_dir), "--output-dir", str(out),
               "--clip-seconds", f"{args.seconds:g}", "--device", args.device, "--force", "--quiet",
               "--workers", str(n)]
@@ -55,10 +55,10 @@ def command(case: str, n: int, run_dir: Path, out: Path, args: argparse.Namespac
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    workers = [int(w) for w in args.workers.split(",")]
+    workers = [w if w == "auto" else int(w) for w in args.workers.split(",")]
     cases = [("workers", n) for n in workers]
     if args.ray:
-        cases.append(("ray", args.ray_workers or max(workers)))
+        cases.append(("ray", args.ray_workers or max(w for w in workers if w != "auto")))
     cores = len(os.sched_getaffinity(0))
     frames = round(args.seconds * 30) * args.milestones
     info = machine(args.device, "auto")
