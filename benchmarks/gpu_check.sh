@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# First, here: bash benchmarks/gpu_pack.sh (builds the carried .gl/ and .gpusite/; run once).
 # One device-machine session (see ../.library/device): GPU tests + end-to-end figures on an
 # NVIDIA GPU. Expects the carried .gl/ (EGL/GL loader debs) and .gpusite/gpusite.tar.xz
 # (cp312 wheels unpacked: envpool 1.2.7 trimmed to Atari, SB3, gymnasium, ale-py, moderngl, av).
