@@ -1,5 +1,5 @@
-"""``gpurender render | demo | preview | bench | info``: the one module that reads the command
-line. It turns arguments into typed configs (:class:`~gpurender.config.RenderConfig`,
+"""``gpurender render | progress | demo | preview | bench | info``: the one module that reads the
+command line. It turns arguments into typed configs (:class:`~gpurender.config.RenderConfig`,
 :class:`~gpurender.config.PreviewConfig`) and calls the library with them."""
 
 from __future__ import annotations
@@ -52,8 +52,11 @@ def _source(p: argparse.ArgumentParser) -> None:
                    help="sample actions from the policy instead of taking the most likely one")
 
 
-def _job(p: argparse.ArgumentParser, output_dir: Path, clip_seconds: float) -> None:
-    """The options ``render`` and ``demo`` share: where, how long, how encoded."""
+def _job(p: argparse.ArgumentParser, output_dir: Path, clip_seconds: float, progress: bool = False) -> None:
+    """The options ``render``, ``progress`` and ``demo`` share: where, how long, how encoded.
+    ``progress``: the helps of the options ``progress`` refuses say so."""
+    one = " (refused here: the progress video is drawn by one pipeline)" if progress else ""
+    no_trace = " (refused here: gpurender progress writes no milestone videos)" if progress else ""
     p.add_argument("--output-dir", type=Path, metavar="DIR",
                    help=f"where videos and sidecars go (default {output_dir})")
     p.add_argument("--clip-seconds", type=float, metavar="S", help=f"length of each video (default {clip_seconds:g})")
@@ -68,17 +71,24 @@ def _job(p: argparse.ArgumentParser, output_dir: Path, clip_seconds: float) -> N
     p.add_argument("--force", action="store_true", default=None, help="re-render videos that already exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--trace", action="store_true", default=None,
-                   help="also write every number each frame's panel shows to <video>.trace.jsonl")
+                   help="also write every number each frame's panel shows to <video>.trace.jsonl" + no_trace)
     p.add_argument("--workers", type=_workers, metavar="N|auto",
                    help="split the job into N pipelines (processes, GL contexts, encoders) balanced by frames; "
-                   "auto: from the cores, GPUs and memory; with --ray, the number of Ray tasks (default 1)")
+                   "auto: from the cores, GPUs and memory; with --ray, the number of Ray tasks (default 1)" + one)
     p.add_argument("--ray", nargs="?", const="", dest="ray_address", metavar="ADDRESS",
                    help="run the job as tasks on a Ray cluster (pip install 'gpurender[ray]'): ADDRESS as "
                    "ray.init takes it (ray://head:10001, head:6379, auto); without it RAY_ADDRESS, else a new "
-                   "local cluster")
+                   "local cluster" + one)
     p.add_argument("--stack-forwards", choices=tuple(STACK_FORWARDS),
                    help="run milestones of one architecture as one stacked forward: auto (on CUDA only), "
                    "on, off (default auto)")
+
+
+def _layout(p: argparse.ArgumentParser, default_note: str) -> None:
+    p.add_argument("--layout", dest="progress_layout", metavar="grid|sequence",
+                   help="the progress video's layout: grid (the milestones side by side: 2x2 at full size for up "
+                   "to 4, 3x3 and 4x4 scaled for up to 16, an even 16 of more) or sequence (each milestone in turn, "
+                   f"full screen, after a title card) {default_note}")
 
 
 def _render_only(p: argparse.ArgumentParser) -> None:
@@ -106,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     _source(r)
     _job(r, _DEFAULT.output_dir, _DEFAULT.clip_seconds)
     _render_only(r)
+    r.add_argument("--progress-video", action="store_true", default=None,
+                   help="also write the progress video of the milestones (see gpurender progress) from the same "
+                   "games")
+    _layout(r, f"(with --progress-video; default {_DEFAULT.progress_layout})")
+
+    pg = sub.add_parser("progress", help="render one 1920x1080 video of the whole run (milestones side by side or "
+                        "in turn) and a chart of its scores")
+    _verbose(pg)
+    _source(pg)
+    _job(pg, _DEFAULT.output_dir, _DEFAULT.clip_seconds, progress=True)
+    _render_only(pg)
+    _layout(pg, f"(default {_DEFAULT.progress_layout})")
 
     d = sub.add_parser("demo", help="render the bundled demo milestones (no checkpoint needed) and a contact sheet")
     _verbose(d)
@@ -171,7 +193,7 @@ def _flags(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 def _job_flags(args: argparse.Namespace) -> dict[str, Any]:
     """RenderConfig fields from the options of :func:`_job` and :func:`_render_only` present in ``args``."""
     out = _flags(args, "output_dir", "clip_seconds", "fps", "seed", "device", "encoder", "force", "trace",
-                 "envs_per_milestone", "crf", "preset", "workers", "ray_address")
+                 "envs_per_milestone", "crf", "preset", "workers", "ray_address", "progress_video", "progress_layout")
     stack = getattr(args, "stack_forwards", None)
     if stack is not None:
         out["stack_forwards"] = STACK_FORWARDS[stack]
@@ -195,7 +217,20 @@ def preview_config(args: argparse.Namespace) -> PreviewConfig:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    if args.progress_layout is not None and not args.progress_video:
+        raise GpurenderError("--layout is the progress video's layout: add --progress-video (or run gpurender "
+                             "progress)")
     cfg = render_config(args)  # bad flags fail before the heavy imports
+    return _render_and_report(cfg, args)
+
+
+def cmd_progress(args: argparse.Namespace) -> int:
+    cfg = merge(render_config(args), {"progress_video": True, "milestone_videos": False})
+    return _render_and_report(cfg, args)
+
+
+def _render_and_report(cfg: RenderConfig, args: argparse.Namespace) -> int:
+    """Run the job, print its summary (and ``--stats-json``); -> the exit code."""
     from gpurender.pipeline import render
     from gpurender.summary import print_summary
 
@@ -209,7 +244,7 @@ def cmd_render(args: argparse.Namespace) -> int:
                  "forwards_per_step": report.forwards_per_step}
         args.stats_json.write_text(json.dumps(stats, indent=2) + "\n")
     if report.failures:
-        return 1 if any(not v.skipped for v in report.videos) or report.videos else 2
+        return 1 if report.videos or report.progress is not None else 2
     return 0
 
 
@@ -267,7 +302,8 @@ def cmd_info(_args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "render": cmd_render, "demo": cmd_demo, "preview": cmd_preview, "bench": cmd_bench, "info": cmd_info}
+    "render": cmd_render, "progress": cmd_progress, "demo": cmd_demo, "preview": cmd_preview, "bench": cmd_bench,
+    "info": cmd_info}
 
 
 # -- entry -------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ ENCODERS = ("auto", "nvenc", "x264")
 BACKENDS = ("envpool", "gym")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
                 "placebo")
+PROGRESS_LAYOUTS = ("grid", "sequence")
+"""The progress video's layouts: the milestones side by side, or one after another."""
 CRF_RANGE = (0, 51)
 """libx264's CRF range (NVENC's CQ takes the same numbers)."""
 
@@ -31,9 +33,12 @@ class ConfigError(GpurenderError):
         super().__init__(f"{flag(field)} {requirement}, got {value!r}")
 
 
+_FLAGS = {"ray_address": "--ray", "progress_layout": "--layout"}
+
+
 def flag(field: str) -> str:
     """The command-line flag of a config field: ``clip_seconds`` -> ``--clip-seconds``."""
-    return "--ray" if field == "ray_address" else "--" + field.replace("_", "-")
+    return _FLAGS.get(field) or "--" + field.replace("_", "-")
 
 
 def _whole(field: str, value: object, requirement: str, lo: int, hi: int | None = None) -> int:
@@ -115,6 +120,14 @@ class RenderConfig:
     """Run the shards as tasks on a Ray cluster: its address (``ray://host:10001``,
     ``host:6379``, ``auto``), or ``""`` for Ray's default (``RAY_ADDRESS``, else a new local
     cluster). None: no Ray."""
+    progress_video: bool = False
+    """Also write the progress video: the milestones in one 1920 x 1080 video, then a chart of
+    their scores (:mod:`gpurender.progress`)."""
+    progress_layout: str = "grid"
+    """The progress video's layout: ``grid`` (side by side) or ``sequence`` (one after another,
+    each after a title card)."""
+    milestone_videos: bool = True
+    """Write each milestone's own video; False (``gpurender progress``): only the progress video."""
 
     def __post_init__(self) -> None:
         checked = {
@@ -131,6 +144,7 @@ class RenderConfig:
             "encoder": _one_of("encoder", self.encoder, ENCODERS),
             "backend": _one_of("backend", self.backend, BACKENDS),
             "max_tiles": _whole("max_tiles", self.max_tiles, "must be at least 1", 1),
+            "progress_layout": _one_of("progress_layout", self.progress_layout, PROGRESS_LAYOUTS),
         }
         if self.milestones is not None:
             checked["milestones"] = tuple(str(m) for m in self.milestones)
@@ -144,6 +158,24 @@ class RenderConfig:
             object.__setattr__(self, name, value)
         if self.frames < 1:
             raise ConfigError("clip_seconds", f"must last at least one frame at --fps {self.fps}", self.clip_seconds)
+        self._check_outputs()
+
+    def _check_outputs(self) -> None:
+        """What the progress video does not combine with, each a one-line error."""
+        if not (self.milestone_videos or self.progress_video):
+            raise GpurenderError("nothing to write: milestone_videos=False needs progress_video=True")
+        if self.trace and not self.milestone_videos:
+            raise GpurenderError("--trace writes each milestone video's trace, and gpurender progress writes no "
+                                 "milestone videos: use gpurender render --progress-video --trace")
+        if not self.progress_video:
+            return
+        if self.ray_address is not None:
+            raise GpurenderError("--ray: the progress video draws every milestone in one pipeline on this machine; "
+                                 "render the milestone videos with --ray first, then run gpurender progress")
+        if self.workers not in (1, "auto"):
+            raise GpurenderError(f"--workers {self.workers}: the progress video draws every milestone in one "
+                                 "pipeline; render the milestone videos with --workers first, then run "
+                                 "gpurender progress")
 
     @property
     def frames(self) -> int:
@@ -229,5 +261,5 @@ def merge(base: RenderConfig, overrides: dict[str, Any]) -> RenderConfig:
     return replace(base, **{k: v for k, v in overrides.items() if k in names and v is not None})
 
 
-__all__ = ["BACKENDS", "ENCODERS", "X264_PRESETS", "ConfigError", "PreviewConfig", "RenderConfig", "flag",
-           "merge", "read_yaml_config"]
+__all__ = ["BACKENDS", "ENCODERS", "PROGRESS_LAYOUTS", "X264_PRESETS", "ConfigError", "PreviewConfig",
+           "RenderConfig", "flag", "merge", "read_yaml_config"]

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -26,13 +26,16 @@ from gpurender.milestones import Milestone, find_milestones
 from gpurender.network import AgentInfo
 from gpurender.outputs import MilestoneLocks, remove_dead_writers_partials
 from gpurender.panel import MilestonePanel
+from gpurender.progress import ProgressPlan, ProgressResult, ProgressVideo, plan_progress, write_progress_sidecar
 from gpurender.protocol import Done, Step
 from gpurender.render import FrameRenderer
 from gpurender.sidecar import sha256, stale_reason, video_settings, write_sidecar
-from gpurender.simulate import SimulationProcess
+from gpurender.simulate import SimulationProcess, play_phases
 from gpurender.trace import TraceWriter, trace_path
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from gpurender.shards import Shard
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,8 @@ class RenderReport:
     first_frame_seconds: float | None = None
     """From the start of :func:`render` to the first frames drawn (checkpoints loaded, envs made,
     GL context and encoders open): the job's start-up."""
+    progress: ProgressResult | None = None
+    """The progress video, when the job asked for one (``cfg.progress_video``)."""
 
     @property
     def fps(self) -> float:
@@ -176,6 +181,11 @@ def render(cfg: RenderConfig, callbacks: Sequence[RenderCallback] = (), *, progr
     for the whole job either way. Milestones another live process is rendering into the same
     folder are skipped (``VideoResult.busy_pid``), never written twice.
 
+    With ``cfg.progress_video`` it also writes the progress video of the milestones
+    (:mod:`gpurender.progress`; ``report.progress``), in one pipeline that plays every milestone
+    it shows, drawing frames only for the videos it writes (``cfg.milestone_videos=False``: the
+    progress video alone).
+
     ``callbacks`` follow the job (:class:`RenderCallback`); ``progress`` adds a
     :class:`ProgressBar`. Milestones whose checkpoint fails to load, or whose shard failed, are
     in ``report.failures`` while the others render. Raises
@@ -195,25 +205,53 @@ def render(cfg: RenderConfig, callbacks: Sequence[RenderCallback] = (), *, progr
         for leftover in remove_dead_writers_partials(output_dir):
             log.info("removed %s, left by a render that was killed", leftover.name)
         with MilestoneLocks(output_dir) as locks:
-            busy = locks.acquire_all(m.video_name for m in milestones)
-            mine = [m for m in milestones if m.video_name not in busy]
-            todo, report.videos = _plan(cfg, game, mine, output_dir, digests)
-            if busy:
-                log.warning("skipping %s: another process (%s) is rendering into %s",
-                            ", ".join(m.display for m in milestones if m.video_name in busy),
-                            ", ".join(sorted({str(pid or "?") for pid in busy.values()})), output_dir)
-            report.videos += [VideoResult(m, e, video_path(output_dir, m, e, cfg.envs_per_milestone), skipped=True,
-                                          busy_pid=busy[m.video_name])
-                              for m in milestones if m.video_name in busy for e in range(cfg.envs_per_milestone)]
-            if todo:
-                _merge(report, _execute(cfg, game, todo, callbacks, t_start, digests))
+            todo = (_plan_videos(cfg, game, milestones, output_dir, digests, locks, report)
+                    if cfg.milestone_videos else [])
+            plan = plan_progress(cfg, game, milestones, output_dir, digests, locks) if cfg.progress_video else None
+            if isinstance(plan, ProgressPlan):
+                _merge(report, _execute_progress(cfg, game, milestones, todo, plan, callbacks, t_start, digests))
             else:
-                report.encoder, _ = choose_encoder(cfg.encoder)
+                report.progress = plan  # kept, another process's, or not asked for
+                if todo:  # (no progress video to play the milestones for: they need not play in turn)
+                    _merge(report, _execute(replace(cfg, progress_video=False), game, todo, callbacks, t_start,
+                                            digests))
+                else:
+                    report.encoder, _ = choose_encoder(cfg.encoder)
     finally:
         report.wall_seconds = time.perf_counter() - t_start
         for cb in callbacks:
             cb.on_end(report)
     return report
+
+
+def _plan_videos(cfg: RenderConfig, game: Game, milestones: list[Milestone], output_dir: Path, digests: _Digests,
+                 locks: MilestoneLocks, report: RenderReport) -> list[Milestone]:
+    """Lock the milestones' videos and plan them (:func:`_plan`); -> the milestones to render.
+    The videos kept, and those another process is rendering, go into ``report.videos``."""
+    busy = locks.acquire_all(m.video_name for m in milestones)
+    mine = [m for m in milestones if m.video_name not in busy]
+    todo, report.videos = _plan(cfg, game, mine, output_dir, digests)
+    if busy:
+        log.warning("skipping %s: another process (%s) is rendering into %s",
+                    ", ".join(m.display for m in milestones if m.video_name in busy),
+                    ", ".join(sorted({str(pid or "?") for pid in busy.values()})), output_dir)
+    report.videos += [VideoResult(m, e, video_path(output_dir, m, e, cfg.envs_per_milestone), skipped=True,
+                                  busy_pid=busy[m.video_name])
+                      for m in milestones if m.video_name in busy for e in range(cfg.envs_per_milestone)]
+    return todo
+
+
+def _execute_progress(cfg: RenderConfig, game: Game, milestones: list[Milestone], todo: list[Milestone],
+                      plan: ProgressPlan, callbacks: Sequence[RenderCallback], t_start: float,
+                      digests: _Digests) -> RenderReport:
+    """The progress video and the milestone videos of ``todo`` in one pipeline here: every
+    milestone either needs is played, frames are drawn for the videos written."""
+    from gpurender.shards import Shard
+
+    wanted = set(todo) | set(plan.shown)
+    played = tuple(m for m in milestones if m in wanted)
+    return render_shard(cfg, game, Shard(0, played, tuple(range(cfg.envs_per_milestone))), callbacks,
+                        t_start=t_start, digests=digests, write=frozenset(todo), progress=plan)
 
 
 def _execute(cfg: RenderConfig, game: Game, todo: list[Milestone], callbacks: Sequence[RenderCallback],
@@ -245,43 +283,77 @@ def _merge(report: RenderReport, part: RenderReport) -> None:
             setattr(report, name, f"{mine}; {theirs}" if mine else theirs)
     if part.first_frame_seconds is not None:
         report.first_frame_seconds = min(report.first_frame_seconds or math.inf, part.first_frame_seconds)
+    if part.progress is not None:
+        report.progress = part.progress
 
 
 def render_shard(cfg: RenderConfig, game: Game, shard: Shard, callbacks: Sequence[RenderCallback] = (), *,
-                 t_start: float | None = None, digests: _Digests | None = None, sidecars: bool = True) -> RenderReport:
+                 t_start: float | None = None, digests: _Digests | None = None, sidecars: bool = True,
+                 write: Collection[Milestone] | None = None, progress: ProgressPlan | None = None) -> RenderReport:
     """One pipeline: render ``shard`` (its milestones, its envs of each) in this process and its
     simulation child, writing each video (and with ``sidecars``, its sidecar) into
     ``cfg.output_dir``; -> its report. ``t_start``: when the job started
-    (``time.perf_counter``, which is system-wide on Linux), for ``first_frame_seconds``."""
+    (``time.perf_counter``, which is system-wide on Linux), for ``first_frame_seconds``.
+    ``write``: the milestones whose videos are written (all when None); ``progress``: the
+    progress video to write from the frames of the milestones it shows."""
     t_start = time.perf_counter() if t_start is None else t_start
-    output_dir = Path(cfg.output_dir)
+    digests = digests if digests is not None else _Digests()
     report = RenderReport([], [])
     # start the simulation first: it imports torch and loads the checkpoints while this process
     # opens the GL context and the encoders
     sim = SimulationProcess(cfg, game, list(shard.milestones), shard.envs)
+    agents: dict[Milestone, AgentInfo] = {}
     try:
         report.encoder, _ = choose_encoder(cfg.encoder)
         with FrameRenderer(max_tiles=cfg.max_tiles) as renderer:
             loaded = sim.loaded()
             report.failures, report.device = loaded.failures, loaded.device
             report.forwards_per_step, report.renderer = loaded.forwards_per_step, renderer.renderer
+            agents = dict(loaded.agents)
             if loaded.agents:
-                job = _Job(cfg, game, loaded.agents, shard.envs, report.encoder, output_dir, sim, renderer, callbacks)
-                try:
-                    job.run()
-                finally:
-                    job.close()
-                    report.videos += job.finished
-                    report.frames = job.frames_done
-                    report.stage_seconds = job.stage_seconds
-                    if job.first_frame_time is not None:
-                        report.first_frame_seconds = job.first_frame_time - t_start
+                _run_job(cfg, game, loaded.agents, shard.envs, report, sim, renderer, callbacks, t_start,
+                         write=write, progress=progress)
     finally:
         sim.close()
         report.wall_seconds = time.perf_counter() - t_start
         if sidecars:  # of the videos that finished, whatever ended the job
-            write_sidecars(cfg, game, report, digests if digests is not None else _Digests())
+            write_sidecars(cfg, game, report, digests)
+            if report.progress is not None and not report.progress.skipped:
+                write_progress_sidecar(cfg, game, report.progress, digests, agents, _made_by(report))
     return report
+
+
+def _run_job(cfg: RenderConfig, game: Game, loaded: list[tuple[Milestone, AgentInfo]], envs: Sequence[int],
+             report: RenderReport, sim: SimulationProcess, renderer: FrameRenderer,
+             callbacks: Sequence[RenderCallback], t_start: float, *, write: Collection[Milestone] | None,
+             progress: ProgressPlan | None) -> None:
+    """Draw and encode what ``sim`` plays (a :class:`_Job`), filling ``report`` with what finished."""
+    agents = dict(loaded)
+    video = None
+    if progress is not None and any(m in agents for m in progress.shown):
+        video = ProgressVideo(cfg, game, renderer, progress, agents, report.encoder)
+    try:
+        job = _Job(cfg, game, loaded, envs, report.encoder, Path(cfg.output_dir), sim, renderer, callbacks,
+                   write=write, progress=video)
+        try:
+            job.run()
+        finally:
+            job.close()
+            report.videos += job.finished
+            report.frames = job.frames_done
+            report.stage_seconds = job.stage_seconds
+            report.progress = video.result if video is not None else None
+            if job.first_frame_time is not None:
+                report.first_frame_seconds = job.first_frame_time - t_start
+    finally:
+        if video is not None:
+            video.close()
+
+
+def _made_by(report: RenderReport) -> dict[str, object]:
+    """The sidecar keys that say how a job rendered."""
+    return {"render_fps": round(report.fps, 1), "encoder": report.encoder, "renderer": report.renderer,
+            "device": report.device}
 
 
 def write_sidecars(cfg: RenderConfig, game: Game, report: RenderReport, digests: _Digests) -> None:
@@ -298,10 +370,7 @@ def write_sidecars(cfg: RenderConfig, game: Game, report: RenderReport, digests:
             **video_settings(cfg, game.name, v.env_index, v.checkpoint_sha256),
             "episode_returns": v.episode_returns,
             "unfinished_episode_score": v.unfinished_score,
-            "render_fps": round(report.fps, 1),
-            "encoder": report.encoder,
-            "renderer": report.renderer,
-            "device": report.device,
+            **_made_by(report),
             "action_names": list(action_meanings(game)),
             "layers": [{"name": x.name, "shape": list(x.shape), "nodes": x.nodes} for x in v.agent.layers],
             "trace": v.trace.name if v.trace is not None else None,
@@ -313,21 +382,48 @@ class _Tile(NamedTuple):
     """One frame to draw: which env's video it goes to, and what it shows."""
 
     env: int
+    """The env's index in the job: milestone ``i``'s env ``k`` is ``i x envs per milestone + k``."""
     panel: MilestonePanel
     values: np.ndarray
     chars: np.ndarray
     screen: np.ndarray
+    step: int = 0
+    """Its step among those drawn together."""
+    cell: int | None = None
+    """The progress video's caption cell it is shown in; None: not shown there."""
+    score: float = 0.0
+    """The game's score so far (a progress caption's live score)."""
+
+
+def _passes(per_step: Sequence[tuple[list[_Tile], list[_Tile]]], max_tiles: int) -> list[list[_Tile]]:
+    """Tiles (each step's shown and other tiles, steps in order) -> passes of at most
+    ``max_tiles``, the shown tiles of a step always in one pass (the progress video composes its
+    frame from them); steps stay in order within each env."""
+    passes: list[list[_Tile]] = [[]]
+    for shown, others in per_step:
+        if len(passes[-1]) + len(shown) > max_tiles:
+            passes.append([])
+        passes[-1] += shown
+        for tile in others:
+            if len(passes[-1]) == max_tiles:
+                passes.append([])
+            passes[-1].append(tile)
+    return [p for p in passes if p]
 
 
 class _Job:
-    """One batched render of several milestones: draws what the simulation process sends and
-    hands the frames to one encoder thread per video."""
+    """One batched render of several milestones: draws what the simulation process sends, hands
+    the frames to one encoder thread per video written and composes the progress video's frames
+    from them (:class:`~gpurender.progress.ProgressVideo`)."""
 
     def __init__(self, cfg: RenderConfig, game: Game, loaded: list[tuple[Milestone, AgentInfo]],
                  envs: Sequence[int], codec: str, output_dir: Path, sim: SimulationProcess, renderer: FrameRenderer,
-                 callbacks: Sequence[RenderCallback]) -> None:
+                 callbacks: Sequence[RenderCallback], *, write: Collection[Milestone] | None = None,
+                 progress: ProgressVideo | None = None) -> None:
         self.cfg, self.game, self.sim, self.renderer, self.callbacks = cfg, game, sim, renderer, callbacks
-        e_per = len(envs)
+        self.progress = progress
+        self.progress_done = False
+        self.e_per = e_per = len(envs)
         self.n_envs = len(loaded) * e_per
         self.frames_done = 0
         # simulation process: infer, env, sim_blocked (pipe full: drawing is slower); main process:
@@ -335,79 +431,146 @@ class _Job:
         self.stage_seconds = dict.fromkeys(
             ("infer", "env", "sim_blocked", "pack", "gl", "encode_wait", "draw_starved"), 0.0)
         self.panels = [MilestonePanel(m, info, game, renderer) for m, info in loaded]
-        self.rows = [slice(i * e_per, (i + 1) * e_per) for i in range(len(loaded))]
+        self.phases = play_phases(cfg, len(loaded))
         # frames are drawn grouped by layout so each group is one run of tiles
         self.layout_rank = {p.spec.layout_key: k for k, p in reversed(list(enumerate(self.panels)))}
         settings = EncodeSettings(fps=cfg.fps, crf=cfg.crf, preset=cfg.preset)
-        self.videos: list[VideoResult] = []  # in env order
-        self.encoders: list[EncoderThread] = []
-        self.traces: list[TraceWriter] = []
+        # per env of the job, in env order (None: no video written for it)
+        self.videos: list[VideoResult | None] = []
+        self.encoders: list[EncoderThread | None] = []
+        self.traces: list[TraceWriter | None] = []
+        self.returns: list[list[float]] = [[] for _ in range(self.n_envs)]
+        self.final_scores = np.zeros(self.n_envs)
         self.finished: list[VideoResult] = []
         self.first_frame_time: float | None = None
         try:
             for m, info in loaded:
                 for env in envs:
+                    if write is not None and m not in write:
+                        self.videos.append(None)
+                        self.encoders.append(None)
+                        self.traces.append(None)
+                        continue
                     path = video_path(output_dir, m, env, cfg.envs_per_milestone)
                     self.videos.append(VideoResult(m, env, path, agent=info))
                     self.encoders.append(EncoderThread(VideoWriter(path, codec, settings)))
-                    if cfg.trace:
-                        self.traces.append(TraceWriter(path))
+                    self.traces.append(TraceWriter(path) if cfg.trace else None)
         except BaseException:
             self.close()
             raise
+        # the envs of each milestone drawn every step: those written, and the one the progress video shows
+        self.drawn = [[k for k in range(e_per) if self.encoders[i * e_per + k] is not None
+                       or (k == 0 and self._cell(i) is not None)] for i in range(len(loaded))]
 
-    def _draw_steps(self, steps: list[Step]) -> None:
-        """Draw and hand to the encoders every env's frame of ``steps`` (consecutive), as few
-        passes of the renderer's tiles as possible: a pass costs a fixed overhead on llvmpipe."""
+    def _cell(self, i: int) -> int | None:
+        return None if self.progress is None else self.progress.cell(self.panels[i].milestone)
+
+    def _tiles(self, s: int, d: Step, phase: Sequence[int]) -> tuple[list[_Tile], list[_Tile]]:
+        """Step ``d`` of ``phase``'s milestones -> (its tiles the progress video shows, the
+        others); writes the trace lines."""
+        shown: list[_Tile] = []
+        others: list[_Tile] = []
+        for j, i in enumerate(phase):
+            if not self.drawn[i]:
+                continue
+            panel = self.panels[i]
+            rows = [j * self.e_per + k for k in self.drawn[i]]
+            out = panel.unpack(d.outputs[rows])
+            values, chars = panel.pack(d.t, self.cfg.frames, out, d.scores[rows], d.lives[rows])
+            cell = self._cell(i)
+            for n, (k, row) in enumerate(zip(self.drawn[i], rows, strict=True)):
+                g = i * self.e_per + k
+                tile = _Tile(g, panel, values[n], chars[n], d.screens[row], s, cell if k == 0 else None,
+                             float(d.scores[row]))
+                (shown if tile.cell is not None else others).append(tile)
+                if self.traces[g] is not None:
+                    self.traces[g].write(d.t, out, n, d.rewards[row], d.scores[row], d.lives[row])
+        return shown, others
+
+    def _draw_steps(self, steps: list[Step], phase: Sequence[int]) -> None:
+        """Draw and hand to the encoders (and the progress video) every drawn env's frame of
+        ``steps`` (consecutive), as few passes of the renderer's tiles as possible: a pass costs
+        a fixed overhead on llvmpipe."""
         r = self.renderer
         t0 = time.perf_counter()
-        per_tile: list[_Tile] = []  # in drawing order
-        for d in steps:
-            for panel, rows in zip(self.panels, self.rows, strict=True):
-                out = panel.unpack(d.outputs[rows])
-                values, chars = panel.pack(d.t, self.cfg.frames, out, d.scores[rows], d.lives[rows])
-                envs = range(rows.start, rows.stop)
-                per_tile += [_Tile(e, panel, values[k], chars[k], d.screens[e]) for k, e in enumerate(envs)]
-                if self.traces:
-                    for k, e in enumerate(envs):
-                        self.traces[e].write(d.t, out, k, d.rewards[e], d.scores[e], d.lives[e])
-        # tiles of one layout side by side (one draw call per item kind); steps stay in order
-        # within each env, which is all the encoders need
-        per_tile.sort(key=lambda c: self.layout_rank[c.panel.spec.layout_key])
+        per_step = [self._tiles(s, d, phase) for s, d in enumerate(steps)]
+        rank = lambda c: self.layout_rank[c.panel.spec.layout_key]  # noqa: E731
+        if self.progress is None:
+            # tiles of one layout side by side (one draw call per item kind); steps stay in order
+            # within each env, which is all the encoders need
+            tiles = sorted((c for shown, others in per_step for c in (*shown, *others)), key=rank)
+            chunks = [tiles[k : k + r.max_tiles] for k in range(0, len(tiles), r.max_tiles)]
+        else:
+            chunks = [sorted(c, key=rank) for c in _passes(per_step, r.max_tiles)]
         self.stage_seconds["pack"] += time.perf_counter() - t0
-        for start in range(0, len(per_tile), r.max_tiles):
-            chunk = per_tile[start : start + r.max_tiles]
+        # the game half is drawn by GL where frames are converted on the GPU or composed into the
+        # progress video; on a software renderer the milestone videos' encoders scale it in (OpenCV)
+        gl_game = not r.software or self.progress is not None
+        for chunk in chunks:
             t0 = time.perf_counter()
-            r.begin(len(chunk), game=not r.software)
+            r.begin(len(chunk), game=gl_game)
             tile0 = 0
             for _, group in itertools.groupby(chunk, key=lambda c: c.panel.spec.layout_key):
                 seg = list(group)
                 r.draw(seg[0].panel.spec, np.stack([c.values for c in seg]), np.stack([c.chars for c in seg]),
-                       None if r.software else np.stack([c.screen for c in seg]), tile0=tile0)
+                       np.stack([c.screen for c in seg]) if gl_game else None, tile0=tile0)
                 tile0 += len(seg)
+            coded = [(tile, c) for tile, c in enumerate(chunk) if self.encoders[c.env] is not None]
             # a GPU converts whole frames to I420; on a software renderer sampling textures is the
             # costly part, so the encoder threads convert the panel and scale the game in (OpenCV)
-            frames = r.read_panels(len(chunk)) if r.software else r.read_yuv(len(chunk))
+            if coded:
+                frames = r.read_panels(len(chunk)) if r.software else r.read_yuv(len(chunk))
+            if self.progress is not None:
+                self._compose(chunk)
             self.stage_seconds["gl"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            for tile, c in enumerate(chunk):
+            for tile, c in coded:
                 self.encoders[c.env].submit((frames[tile], c.screen) if r.software else frames[tile])
             self.stage_seconds["encode_wait"] += time.perf_counter() - t0
 
+    def _compose(self, chunk: list[_Tile]) -> None:
+        """The progress video's frame of every step whose shown tiles are in ``chunk`` (the
+        renderer's latest pass), in step order."""
+        by_step: dict[int, list[tuple[int, int, float]]] = {}
+        for tile, c in enumerate(chunk):
+            if c.cell is not None:
+                by_step.setdefault(c.step, []).append((tile, c.cell, c.score))
+        for step in sorted(by_step):
+            self.progress.frame(by_step[step])
+
     def run(self) -> None:
-        """Draw every step the simulation sends, then finish every video (renamed into place)."""
+        """Draw every step the simulation sends, group by group of milestones, finishing each
+        group's videos (renamed into place) as it ends; then the progress video's closing card."""
+        drawn = sum(len(k) for k in self.drawn)
         for cb in self.callbacks:
-            cb.on_start(self.cfg.frames * self.n_envs, f"{self.game.name} x{len(self.panels)} milestones")
-        steps_per_pass = max(1, self.renderer.max_tiles // self.n_envs)
+            cb.on_start(self.cfg.frames * drawn, f"{self.game.name} x{len(self.panels)} milestones")
+        msg = None
+        for phase in self.phases:
+            if self.progress is not None:
+                self.progress.begin([self.panels[i].milestone for i in phase])
+            msg = self._play(phase)
+            self._phase_done(phase, msg)
+        self.stage_seconds.update(msg.stage_seconds)
+        if self.progress is not None:
+            e = self.e_per
+            self.progress.finish({p.milestone: (self.returns[i * e : (i + 1) * e],
+                                                [float(x) for x in self.final_scores[i * e : (i + 1) * e]])
+                                  for i, p in enumerate(self.panels)})
+            self.progress_done = True
+
+    def _play(self, phase: Sequence[int]) -> Done:
+        """Draw the steps of ``phase``'s milestones until its :class:`Done`."""
+        per_step = sum(len(self.drawn[i]) for i in phase)
+        steps_per_pass = max(1, self.renderer.max_tiles // max(1, per_step))
         pending: list[Step] = []
 
         def flush() -> None:
-            self._draw_steps(pending)
+            self._draw_steps(pending, phase)
             if self.first_frame_time is None:
                 self.first_frame_time = time.perf_counter()
-            self.frames_done += self.n_envs * len(pending)
+            self.frames_done += per_step * len(pending)
             for cb in self.callbacks:
-                cb.on_frames(self.n_envs * len(pending))
+                cb.on_frames(per_step * len(pending))
             pending.clear()
 
         while True:
@@ -421,24 +584,35 @@ class _Job:
                 flush()
         if pending:
             flush()
-        self.stage_seconds.update(msg.stage_seconds)
-        for e, (video, enc) in enumerate(zip(self.videos, self.encoders, strict=True)):
-            enc.finish()
-            if self.traces:
-                self.traces[e].close()
-                video.trace = self.traces[e].path
-            video.frames = self.cfg.frames
-            video.episode_returns = list(msg.returns[e])
-            video.unfinished_score = float(msg.final_scores[e])
-            self.finished.append(video)
+        return msg
+
+    def _phase_done(self, phase: Sequence[int], msg: Done) -> None:
+        """Keep the returns of ``phase``'s games and finish its videos."""
+        for j, i in enumerate(phase):
+            for k in range(self.e_per):
+                g, row = i * self.e_per + k, j * self.e_per + k
+                self.returns[g] = list(msg.returns[row])
+                self.final_scores[g] = float(msg.final_scores[row])
+                video, enc, trace = self.videos[g], self.encoders[g], self.traces[g]
+                if enc is None:
+                    continue
+                enc.finish()
+                if trace is not None:
+                    trace.close()
+                    video.trace = trace.path
+                video.frames = self.cfg.frames
+                video.episode_returns = self.returns[g]
+                video.unfinished_score = float(self.final_scores[g])
+                self.finished.append(video)
 
     def close(self) -> None:
-        """Abort every video that did not finish (its partial files are deleted)."""
+        """Abort every video that did not finish (its partial files are deleted); the progress
+        video is its owner's to close."""
         done = {id(v) for v in self.finished}
         for e, video in enumerate(self.videos):
-            if id(video) in done:
+            if video is None or id(video) in done:
                 continue
-            if e < len(self.encoders):
+            if e < len(self.encoders) and self.encoders[e] is not None:
                 self.encoders[e].abort()
-            if e < len(self.traces):
+            if e < len(self.traces) and self.traces[e] is not None:
                 self.traces[e].abort()

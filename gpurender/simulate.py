@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import torch
 
     from gpurender.agents import Agent
+    from gpurender.rollout import Rollout
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,9 @@ SCREEN_SHAPE = (210, 160, 3)  # every ALE game's screen
 
 class ScreenRing:
     """The steps' game screens, handed from the simulation process to the drawing process in
-    shared memory: slot ``t % slots`` holds step ``t``'s (envs, 210, 160, 3) screens. The pipe
-    carries only the small per-step arrays.
+    shared memory: slot ``t % slots`` holds the ``t``-th step sent's (envs, 210, 160, 3)
+    screens, ``t`` counted over the whole simulation (not restarting with each group of
+    :func:`play_phases`). The pipe carries only the small per-step arrays.
 
     Steps are produced and consumed in order, so ``free`` (a semaphore of ``slots``) is all the
     bookkeeping: the producer takes one before it writes a slot, the consumer gives it back once
@@ -131,13 +133,23 @@ def stack_forwards(cfg: RenderConfig, device: torch.device) -> bool:
     return cfg.stack_forwards if cfg.stack_forwards is not None else device.type == "cuda"
 
 
+def play_phases(cfg: RenderConfig, milestones: int) -> list[tuple[int, ...]]:
+    """Which of the ``milestones`` loaded milestones play together, group after group: all at
+    once, or one after another for a sequence progress video, whose frames are written milestone
+    by milestone (so no milestone's frames wait in memory for the others')."""
+    if cfg.progress_video and cfg.progress_layout == "sequence":
+        return [(i,) for i in range(milestones)]
+    return [tuple(range(milestones))]
+
+
 def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], envs: Sequence[int], conn: Connection,
              stop: mp.Event, ring: ScreenRing, parent: int) -> None:
     """Child process: load the agents, report them (:class:`Loaded`), then play env ``e`` of
-    ``envs`` (seeded ``cfg.seed + e``) for each milestone, sending one
-    :class:`Step` per frame (its screens go through ``ring``) and :class:`Done`; any failure is
-    sent as :class:`Failed`. Messages go from this thread: an ``mp.Queue``'s feeder thread would
-    have to win the GIL from the busy simulation loop for every message."""
+    ``envs`` (seeded ``cfg.seed + e``) for each milestone, group by group
+    (:func:`play_phases`), sending one :class:`Step` per frame (its screens go through ``ring``)
+    and a :class:`Done` after each group; any failure is sent as :class:`Failed`. Messages go
+    from this thread: an ``mp.Queue``'s feeder thread would have to win the GIL from the busy
+    simulation loop for every message."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     out = Channel(conn)
@@ -159,31 +171,22 @@ def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], env
         game = resolve_game(game_name)
         failures: list[tuple[Path, str]] = []
         loaded = load_agents(cfg, game, device, milestones, failures, reads)
-        units = forward_units([a for _, a in loaded], len(envs), stack_forwards(cfg, device))
-        out.send(Loaded([(m, a.info) for m, a in loaded], failures, str(device), len(units)))
+        phases = play_phases(cfg, len(loaded))
+        stack = stack_forwards(cfg, device)
+        units = [forward_units([loaded[i][1] for i in phase], len(envs), stack) for phase in phases]
+        out.send(Loaded([(m, a.info) for m, a in loaded], failures, str(device), max(map(len, units), default=0)))
         if not loaded:
             return
-        seeds = [cfg.seed + e for _ in loaded for e in envs]
-        rollout = Rollout(make_atari(game, seeds, cfg.backend), units, device)
         stages = dict.fromkeys(("infer", "env", "sim_blocked"), 0.0)
-        for t in range(cfg.frames):
-            if stop.is_set():
+        sent = 0  # steps sent so far: the ring's slot counter, continuing from group to group
+        for phase, phase_units in zip(phases, units, strict=True):
+            seeds = [cfg.seed + e for _ in phase for e in envs]
+            rollout = Rollout(make_atari(game, seeds, cfg.backend), phase_units, device)
+            if not _play(cfg, rollout, out, ring, stop, stages, sent):
                 return
-            t0 = time.perf_counter()
-            outputs = rollout.act()
-            t1 = time.perf_counter()
-            stages["infer"] += t1 - t0
-            state = rollout.state
-            if not ring.put(t, state.screens, stop):
-                return
-            out.send(Step(t, outputs, rollout.rewards.copy(), rollout.scores.current.copy(), state.lives))
-            t2 = time.perf_counter()
-            stages["sim_blocked"] += t2 - t1
-            if t + 1 < cfg.frames:
-                rollout.advance(outputs[:, 0].astype(np.int64))
-                stages["env"] += time.perf_counter() - t2
-        rollout.close()
-        out.send(Done(rollout.scores.returns, rollout.scores.current, stages))
+            sent += cfg.frames
+            rollout.close()
+            out.send(Done(rollout.scores.returns, rollout.scores.current, stages))
     except (BrokenPipeError, EOFError, ConnectionResetError):
         return  # the parent is gone or stopped listening: nobody to tell
     except GpurenderError as exc:
@@ -192,6 +195,29 @@ def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], env
         _send_failure(out, Failed(f"{type(exc).__name__}: {exc}", traceback.format_exc()))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _play(cfg: RenderConfig, rollout: Rollout, out: Channel, ring: ScreenRing, stop: mp.Event, stages: dict[str, float],
+          sent: int) -> bool:
+    """Play ``rollout`` for the clip, one :class:`Step` per frame (screens into ``ring`` slot
+    ``sent + t``), adding to ``stages``; False if stopped first."""
+    for t in range(cfg.frames):
+        if stop.is_set():
+            return False
+        t0 = time.perf_counter()
+        outputs = rollout.act()
+        t1 = time.perf_counter()
+        stages["infer"] += t1 - t0
+        state = rollout.state
+        if not ring.put(sent + t, state.screens, stop):
+            return False
+        out.send(Step(t, outputs, rollout.rewards.copy(), rollout.scores.current.copy(), state.lives))
+        t2 = time.perf_counter()
+        stages["sim_blocked"] += t2 - t1
+        if t + 1 < cfg.frames:
+            rollout.advance(outputs[:, 0].astype(np.int64))
+            stages["env"] += time.perf_counter() - t2
+    return True
 
 
 def _send_failure(out: Channel, msg: Failed) -> None:
@@ -220,7 +246,7 @@ def _main_module_hidden() -> Iterator[None]:
 
 class SimulationProcess:
     """The parent's handle on :func:`simulate`: :meth:`loaded` first, then :meth:`get` until
-    :class:`Done`. A failure in the child is raised here."""
+    :class:`Done`, once per group of :func:`play_phases`. A failure in the child is raised here."""
 
     def __init__(self, cfg: RenderConfig, game: Game, milestones: list[Milestone], envs: Sequence[int]) -> None:
         ctx = mp.get_context("spawn")
@@ -234,6 +260,8 @@ class SimulationProcess:
         self.channel = Channel(conn)
         self.stop = ctx.Event()
         args = (cfg, game.name, milestones, tuple(envs), child_end, self.stop, self.ring, os.getpid())
+        self.received = 0
+        """Steps received so far: the ring slot of the next one."""
         self.proc = ctx.Process(target=simulate, name="gpurender-simulate", daemon=True, args=args)
         with _main_module_hidden():
             self.proc.start()
@@ -260,7 +288,8 @@ class SimulationProcess:
                     raise RuntimeError(msg.message)
                 raise GpurenderError(msg.message)
             if isinstance(msg, Step):
-                return msg._replace(screens=self.ring.take(msg.t, len(msg.outputs)))
+                self.received += 1
+                return msg._replace(screens=self.ring.take(self.received - 1, len(msg.outputs)))
             return msg
 
     def loaded(self) -> Loaded:

@@ -1,5 +1,6 @@
-"""What a finished job prints: one table row per video, the throughput line, and each failed
-checkpoint on stderr. Used by ``gpurender render`` and ``gpurender demo``."""
+"""What a finished job prints: one table row per video, the progress video's games and files,
+the throughput line, and each failed checkpoint on stderr. Used by ``gpurender render``,
+``gpurender progress`` and ``gpurender demo``."""
 
 from __future__ import annotations
 
@@ -42,11 +43,24 @@ def failure_lines(report: RenderReport) -> list[str]:
     return [f"gpurender: failed: {msg if str(path) in msg else f'{path}: {msg}'}" for path, msg in report.failures]
 
 
+def progress_lines(report: RenderReport) -> list[str]:
+    """The progress video's lines: its milestones' games (when it was rendered) and its files."""
+    from gpurender.progress import describe, progress_table
+
+    p = report.progress
+    if p is None:
+        return []
+    return ([*progress_table(p), ""] if p.milestones and not p.skipped else []) + describe(p)
+
+
 def print_summary(report: RenderReport, out: TextIO | None = None, err: TextIO | None = None) -> None:
     """The table and throughput line on ``out`` (stdout), the failures on ``err`` (stderr)."""
     out = out or sys.stdout
     err = err or sys.stderr
-    for line in summary_table(report):
+    if report.videos or report.progress is None:
+        for line in summary_table(report):
+            print(line, file=out)
+    for line in progress_lines(report):
         print(line, file=out)
     if (line := throughput_line(report)) is not None:
         print(line, file=out)
@@ -54,4 +68,4 @@ def print_summary(report: RenderReport, out: TextIO | None = None, err: TextIO |
         print(line, file=err)
 
 
-__all__ = ["failure_lines", "print_summary", "summary_table", "throughput_line"]
+__all__ = ["failure_lines", "print_summary", "progress_lines", "summary_table", "throughput_line"]

@@ -1,7 +1,7 @@
 // Shared by every program that draws into the tiled frame target.
 // Frames are stacked vertically; frame pixel (0,0) is the frame's top-left and lands on the
 // lowest GL row of its tile, so a plain glReadPixels returns rows top-down.
-uniform vec2 u_frame_size;   // 960, 540
+uniform vec2 u_frame_size;   // one frame (tile) of the target, pixels: 960, 540 for the panel frames
 uniform int u_tile0;         // tile of the first frame drawn by this call
 uniform int u_tiles;         // tiles in the target
 

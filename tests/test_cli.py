@@ -283,13 +283,13 @@ def test_every_option_of_every_subcommand_has_help():
     import argparse
 
     options = _options(build_parser())
-    assert set(options) == {"render", "demo", "preview", "bench", "info"}
+    assert set(options) == {"render", "progress", "demo", "preview", "bench", "info"}
     missing = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, actions in options.items()
                for a in actions if not a.help or a.help == argparse.SUPPRESS]
     assert missing == []
     demo = {s for a in options["demo"] for s in a.option_strings}
     assert {"--output-dir", "--clip-seconds", "--fps", "--trace", "--stack-forwards", "-v"} <= demo
-    for name in ("render", "preview"):
+    for name in ("render", "progress", "preview"):
         assert {"--demo", "--model-dir"} <= {s for a in options[name] for s in a.option_strings}
 
 

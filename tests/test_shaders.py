@@ -38,7 +38,7 @@ def test_shipped_programs_compile(ctx, name, defines):
 
 
 def test_every_shipped_program_is_tested():
-    assert set(PROGRAMS) == {"edges", "game", "nodes", "present", "rects", "text", "yuv420"}
+    assert set(PROGRAMS) == {"compose", "edges", "game", "nodes", "present", "rects", "text", "yuv420"}
 
 
 # ---------------------------------------------------------------------------------------------

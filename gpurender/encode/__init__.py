@@ -174,15 +174,17 @@ def rgba_to_i420(rgba: np.ndarray) -> np.ndarray:
 
 
 class VideoWriter:
-    """One MP4 written under a temporary name and renamed into place by :meth:`close`.
+    """One MP4 (``size``: width, height; 960 x 540 by default) written under a temporary name and
+    renamed into place by :meth:`close`.
 
     :meth:`abort` (Ctrl-C, a crash, a full disk) deletes the partial file, so the final name only
     ever holds a complete, playable video.
     """
 
-    def __init__(self, path: Path, codec: str, settings: EncodeSettings) -> None:
+    def __init__(self, path: Path, codec: str, settings: EncodeSettings,
+                 size: tuple[int, int] = (WIDTH, HEIGHT)) -> None:
         self.path = path
-        self._converter = I420Converter()
+        self._converter = I420Converter(*size)
         self.partial = partial_path(path)
         self.frames = 0
         try:
@@ -190,7 +192,7 @@ class VideoWriter:
         except OSError as exc:
             raise GpurenderError(f"cannot write {self.partial}: {exc.strerror or exc}") from None
         stream = self.container.add_stream(codec, rate=settings.fps)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
         cc = stream.codec_context
         cc.color_range = 1  # limited ("tv") range: what the shader writes
         cc.colorspace = cc.color_primaries = cc.color_trc = 6  # SMPTE 170M (BT.601)
@@ -203,7 +205,7 @@ class VideoWriter:
 
     def write(self, image: np.ndarray | tuple[np.ndarray, np.ndarray]) -> None:
         """One frame: I420 planes (810, 960), RGBA (540, 960, 4), or (panel RGBA, game screen)
-        for :meth:`I420Converter.compose`."""
+        for :meth:`I420Converter.compose` (other sizes alike)."""
         if isinstance(image, tuple):
             yuv = self._converter.compose(*image)
         else:

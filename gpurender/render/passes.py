@@ -132,7 +132,8 @@ class TiledPass(Pass):
 
     def _into(self, dst: Target, first: int) -> None:
         dst.use()
-        self.program.set(u_tiles=dst.tiles, u_tile0=first)
+        width, height = dst.fbo.size
+        self.program.set(u_frame_size=(width, height // dst.tiles), u_tiles=dst.tiles, u_tile0=first)
 
 
 class GamePass(TiledPass):
@@ -260,13 +261,14 @@ class TextPass(ItemsPass):
 
 
 class I420Pass(Pass):
-    """RGB frames -> planar I420 (BT.601, limited range) in an R8 target of 810-row tiles, each
-    tile read row by row being one frame's Y, U and V planes (``shaders/yuv420.glsl``): Y from
-    one texel, U and V from the mean of each 2x2 block; a frame's bytes do not depend on its tile."""
+    """RGB frames -> planar I420 (BT.601, limited range) in an R8 target of 1.5-frame-tall tiles
+    (810 rows for 960 x 540), each tile read row by row being one frame's Y, U and V planes
+    (``shaders/yuv420.glsl``): Y from one texel, U and V from the mean of each 2x2 block; a
+    frame's bytes do not depend on its tile. ``frame_size``: the frames' width and height."""
 
-    def __init__(self, ctx: moderngl.Context) -> None:
+    def __init__(self, ctx: moderngl.Context, frame_size: tuple[int, int] = (FRAME_W, FRAME_H)) -> None:
         super().__init__(ctx)
-        size = dict(u_frame_size=(FRAME_W, FRAME_H))
+        size = dict(u_frame_size=frame_size)
         self.luma = self.own(Program(ctx, "yuv420", **size))
         self.chroma = self.own(Program(ctx, "yuv420", ("CHROMA",), **size))
 
@@ -313,6 +315,48 @@ class PresentPass(Pass):
         self.sampler.use(Unit.FRAME)
         self.program.draw(1)
         self.sampler.clear(Unit.FRAME)
+
+
+class ComposePass(Pass):
+    """Frames of a tiled target, each scaled into its own rectangle of a one-frame target of any
+    size (``shaders/compose.glsl``), in one instanced draw: the progress video's grid and its
+    full-screen milestones. Above 1:1 a whole-number scale samples the nearest texel (crisp) and
+    others bilinear; below it each pixel is the mean of 2 x 2 bilinear taps (an area filter)."""
+
+    MAX_FRAMES = 16
+    """Rectangles per draw (the shader's arrays)."""
+
+    def __init__(self, ctx: moderngl.Context) -> None:
+        super().__init__(ctx)
+        self.program = self.own(Program(ctx, "compose"))
+        self.linear = self.own(ctx.sampler(filter=(moderngl.LINEAR, moderngl.LINEAR), repeat_x=False, repeat_y=False))
+        self.nearest = self.own(ctx.sampler(filter=(moderngl.NEAREST, moderngl.NEAREST), repeat_x=False,
+                                            repeat_y=False))
+
+    def render(self, src: Target, dst: Target, placements: Sequence[tuple[int, tuple[float, float, float, float]]],
+               scale: float) -> None:
+        """Draw ``(tile, (x, y, w, h))`` placements: ``src``'s frame ``tile`` into that rectangle of
+        ``dst``'s (only) frame, ``y`` from its top; ``scale``: the rectangles' size over a frame's
+        (one for all, it picks the filter)."""
+        if not placements:
+            return
+        if len(placements) > self.MAX_FRAMES:
+            raise ValueError(f"{len(placements)} frames exceed the {self.MAX_FRAMES} of one compose draw")
+        width, height = dst.fbo.size
+        src_w, src_h = src.fbo.size
+        pad = [(0.0, 0.0, 0.0, 0.0)] * (self.MAX_FRAMES - len(placements))
+        taps = 1 if scale >= 1 else 2
+        self.program.set(u_dst_size=(width, height), u_tiles=src.tiles, u_taps=taps,
+                         u_tap_offset=(0.25 / (scale * src_w), 0.25 / (scale * src_h)),
+                         u_rects=[tuple(map(float, rect)) for _, rect in placements] + pad,
+                         u_src_tiles=[int(tile) for tile, _ in placements] + [0] * len(pad))
+        dst.use()
+        self.ctx.disable(moderngl.BLEND)
+        sampler = self.nearest if scale >= 1 and float(scale).is_integer() else self.linear
+        sampler.texture = src.texture
+        sampler.use(Unit.FRAME)
+        self.program.draw(len(placements))
+        sampler.clear(Unit.FRAME)
 
 
 class TextLine(NamedTuple):

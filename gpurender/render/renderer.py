@@ -115,6 +115,7 @@ class FrameRenderer:
         # that is copied into each tile (an own EGL context is needed for the copy function);
         # otherwise they are drawn with every frame. Same pixels either way (tested).
         self._copy_image = _copy_image_fn(ctx) if self._own_ctx else None
+        self._copy_tile_fn = self._copy_image
         # Waiting for the rasteriser without the GIL: on llvmpipe a pass renders for tens of ms,
         # and ModernGL's own finish/read would hold the GIL all that time, stalling the encoder
         # threads (their OpenCV and FFmpeg calls need it between frames)
@@ -171,13 +172,18 @@ class FrameRenderer:
     def static_copy(self, on: bool) -> None:
         self._copy_image = (_copy_image_fn(self.ctx) if self._own_ctx else None) if on else None
 
+    def make_current(self) -> None:
+        """Make the renderer's own context current on this thread (another context in the
+        process may have been made current); a borrowed one is the caller's to manage."""
+        if self._own_ctx and not self._current:
+            self.ctx.__enter__()
+            self._current = True
+
     def begin(self, n: int | None = None, game: bool = True) -> None:
         """Start a pass of ``n`` frames (all tiles when None): make the context current on this
         thread and, unless the panel images cover the tiles (:attr:`static_copy`), clear them
         (``game=False``: only their panel halves; the game half will not be drawn or read)."""
-        if self._own_ctx and not self._current:
-            self.ctx.__enter__()  # another context in the process may have been made current
-            self._current = True
+        self.make_current()
         self.fbo_rgb.use()
         if self.static_copy:
             return  # draw() copies a panel image over each left half; the opaque game quad covers the right
@@ -242,6 +248,16 @@ class FrameRenderer:
         for kind, pass_, first, kind_chars in live:
             pass_.render(ItemRange(items[kind], first, counts[kind] - first, t_values, kind_chars), dst, tile0, n)
         ctx.disable(moderngl.BLEND)
+
+    def copy_tile(self, tile: int, dst: moderngl.Texture, x: int, y: int) -> bool:
+        """Copy frame ``tile`` of the latest pass, unscaled, into ``dst`` (an RGBA texture whose
+        rows are stored top row first, as the tiles are) with its top-left corner at ``x, y``;
+        False (nothing copied) where the context has no image copy (GL < 4.3, a borrowed one)."""
+        if self._copy_tile_fn is None:
+            return False
+        self._copy_tile_fn(self.t_rgb.glo, GL_TEXTURE_2D, 0, 0, tile * FRAME_H, 0, dst.glo, GL_TEXTURE_2D, 0,
+                           x, y, 0, FRAME_W, FRAME_H, 1)
+        return True
 
     def finish(self) -> None:
         """Wait until every GL command issued so far is done, letting other Python threads run."""
