@@ -142,6 +142,36 @@ def load_policy(path: Path, algo: str, raw_data: str, raw_policy: bytes,
     return policy.to(device).eval(), data
 
 
+def feature_extractors(policy: nn.Module, algo: str) -> list[nn.Module]:
+    """The policy's feature extractors in the order :func:`policy_heads` takes their features:
+    PPO/A2C with a shared extractor, DQN, QR-DQN: one; PPO/A2C with separate ones: actor, critic."""
+    if algo in ("PPO", "A2C"):
+        if policy.share_features_extractor:
+            return [policy.features_extractor]
+        return [policy.pi_features_extractor, policy.vf_features_extractor]
+    return [(policy.quantile_net if algo == "QRDQN" else policy.q_net).features_extractor]
+
+
+def policy_heads(policy: nn.Module, algo: str, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (B, actions) logits (PPO/A2C) or Q-values (DQN; QR-DQN: the mean over quantiles), and
+    the (B,) value (DQN: the greedy action's Q), from :func:`feature_extractors`' outputs: the ops
+    of SB3's own ``forward_actor`` / ``action_net`` / ``value_net``, ``QNetwork.forward``,
+    ``QuantileNetwork.forward``."""
+    if algo in ("PPO", "A2C"):
+        if policy.share_features_extractor:
+            latent_pi, latent_vf = policy.mlp_extractor(features[0])
+        else:
+            latent_pi = policy.mlp_extractor.forward_actor(features[0])
+            latent_vf = policy.mlp_extractor.forward_critic(features[1])
+        return policy.action_net(latent_pi), policy.value_net(latent_vf).flatten()
+    if algo == "QRDQN":  # QuantileNetwork.forward, then the mean over quantiles
+        net = policy.quantile_net
+        q = net.quantile_net(features[0]).view(-1, net.n_quantiles, int(net.action_space.n)).mean(dim=1)
+    else:  # QNetwork.forward
+        q = policy.q_net.q_net(features[0])
+    return q, q.max(dim=1).values
+
+
 class Agent:
     """An SB3 Atari agent ready for batched, instrumented inference."""
 
@@ -281,6 +311,12 @@ class Agent:
 
     # -- inference -----------------------------------------------------------------------------
 
+    def preprocess(self, obs: torch.Tensor) -> torch.Tensor:
+        """The network's float input, as SB3's ``preprocess_obs`` makes it for these image spaces
+        (``obs.float() / 255``); a float ``obs`` (a perturbed image, in pixel units) is scaled the
+        same way."""
+        return obs.float() / 255.0 if self._normalize_images else obs.float()
+
     def _forward_raw(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """-> probs, q_values, value: the ops of SB3's own methods (equal within float rounding).
 
@@ -288,23 +324,11 @@ class Agent:
         spaces (``obs.float() / 255``), and fed to the feature extractors directly: SB3's own
         ``extract_features`` re-checks the space in Python on every call (a quarter of a batch-1
         CNN forward on a small CPU)."""
-        p = self.policy
-        x = obs.float() / 255.0 if self._normalize_images else obs.float()
-        if self.algo in ("PPO", "A2C"):
-            if p.share_features_extractor:
-                latent_pi, latent_vf = p.mlp_extractor(p.features_extractor(x))
-            else:
-                latent_pi = p.mlp_extractor.forward_actor(p.pi_features_extractor(x))
-                latent_vf = p.mlp_extractor.forward_critic(p.vf_features_extractor(x))
-            # SB3's CategoricalDistribution is Categorical(logits=action_net(latent)); its probs
-            # are the softmax of those logits (without building and validating a distribution)
-            return torch.softmax(p.action_net(latent_pi), dim=1), None, p.value_net(latent_vf).flatten()
-        if self.algo == "QRDQN":  # QuantileNetwork.forward, then the mean over quantiles
-            net = p.quantile_net
-            q = net.quantile_net(net.features_extractor(x)).view(-1, net.n_quantiles, self.n_actions).mean(dim=1)
-        else:  # QNetwork.forward
-            q = p.q_net.q_net(p.q_net.features_extractor(x))
-        return torch.softmax(q, dim=1), q, q.max(dim=1).values
+        x = self.preprocess(obs)
+        pi, value = policy_heads(self.policy, self.algo, [f(x) for f in feature_extractors(self.policy, self.algo)])
+        # SB3's CategoricalDistribution is Categorical(logits=action_net(latent)); its probs
+        # are the softmax of those logits (without building and validating a distribution)
+        return torch.softmax(pi, dim=1), (None if self.algo in ("PPO", "A2C") else pi), value
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor | np.ndarray) -> StepOutputs:

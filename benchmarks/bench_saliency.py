@@ -1,0 +1,240 @@
+"""Saliency side by side: the paper's approach (``baseline_saliency.py``: one frame at a time, one
+batch-1 forward per mask, actor and critic separately) against gpurender's batched
+:class:`~gpurender.saliency.SaliencyComputer`, in one process, on the same observations, in
+alternating rounds; the median round of each case is reported.
+
+* Observations: real Breakout frame stacks (SB3's ``make_atari_env`` + ``VecFrameStack``), played
+  by the bundled 100 % demo milestone; milestone ``m`` of a step gets observation ``t + m``.
+* Baseline: the 100 % milestone through ``PPO.load``; a frame is its actor and critic maps. Its
+  cost per frame does not depend on how many milestones there are (it does them one by one).
+* gpurender: one ``maps()`` call per step for every milestone's observation, as a render step would
+  call it; frames/s counts every milestone's frames (``per milestone`` divides by the count).
+* CPU ms/frame: this process's CPU time (every thread) per frame.
+
+    python benchmarks/bench_saliency.py --name vm-2core --threads 1
+    python benchmarks/bench_saliency.py --name h200 --device cuda --milestones 1,4,16
+
+Writes ``saliency-<name>.md`` and ``.json`` to ``--results-dir`` (``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+try:
+    import gpurender  # noqa: F401
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+from baseline_saliency import PaperModel, saliency_frame  # noqa: E402
+from bench_stages import machine_info  # noqa: E402
+
+from gpurender.agents import Agent, pick_device  # noqa: E402
+from gpurender.demo import demo_checkpoints  # noqa: E402
+from gpurender.saliency import SaliencyComputer  # noqa: E402
+
+
+def observations(n: int, warmup: int = 40) -> np.ndarray:
+    """(n, 4, 84, 84) uint8: Breakout as SB3 trains on it, played by the 100 % demo milestone
+    (after ``warmup`` steps, so the ball is in play)."""
+    import ale_py
+    import gymnasium as gym
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    gym.register_envs(ale_py)
+    venv = VecFrameStack(make_atari_env("BreakoutNoFrameskip-v4", n_envs=1, seed=0), n_stack=4)
+    agent = Agent(demo_checkpoints()[-1], device="cpu")
+    out, o = [], venv.reset()
+    for t in range(warmup + n):
+        x = np.ascontiguousarray(np.transpose(o, (0, 3, 1, 2)))
+        if t >= warmup:
+            out.append(x[0])
+        o, *_ = venv.step(agent.act(x).actions.numpy())
+    venv.close()
+    return np.stack(out)
+
+
+def timed(fn, frames: int) -> dict:
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    fn()
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    return {"frames": frames, "wall_s": wall, "frames_per_s": frames / wall, "cpu_ms_per_frame": 1000 * cpu / frames}
+
+
+def median_run(runs: list[dict]) -> dict:
+    ordered = sorted(runs, key=lambda r: r["frames_per_s"])
+    return {**ordered[len(ordered) // 2], "all_frames_per_s": [round(r["frames_per_s"], 3) for r in runs]}
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    return float((a @ b) / max(np.sqrt((a @ a) * (b @ b)), 1e-30))
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"# Saliency benchmark — {result['name']}",
+        "",
+        f"{result['date']} · commit {m.get('commit') or '?'} · `{result['command']}`",
+        "",
+        "| machine | |",
+        "|---|---|",
+        f"| CPU | {m['cpu']} |",
+        f"| cores | {m['cores']} |",
+        f"| torch | {m['torch']} on `{m['device']}`{' (' + m['gpu'] + ')' if m.get('gpu') else ''}, "
+        f"{m['torch_threads']} thread{'s' if m['torch_threads'] != 1 else ''} |",
+        f"| load average at start / end | {m['load_avg_at_start']} / {m['load_avg_at_end']} |",
+        f"| observations | {result['observations']} real Breakout stacks (SB3 wrappers), the 100 % demo "
+        "milestone playing |",
+        "",
+        f"Median of {result['repeat']} alternating rounds. Baseline: `benchmarks/baseline_saliency.py` (the paper's "
+        "structure: per frame, actor then critic, one batch-1 forward per mask, 2 x 290 forwards; always on the CPU, "
+        "as the paper's code). gpurender: `SaliencyComputer(...).maps()` once per step for every milestone's "
+        "observation; frames/s counts all milestones' frames.",
+        "",
+        "| case | method | milestones | frames | wall s | frames/s | per milestone | CPU ms/frame | x baseline "
+        "| rounds (frames/s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in result["cases"]:
+        ratio = c.get("x_baseline")
+        lines.append(
+            f"| {c['tool']} | {c['method']} | {c['milestones']} | {c['frames']} | {c['wall_s']:.2f} | "
+            f"{c['frames_per_s']:.2f} | {c['frames_per_s'] / c['milestones']:.2f} | {c['cpu_ms_per_frame']:.1f} | "
+            f"{'-' if ratio is None else f'{ratio:.1f}x'} | {', '.join(f'{x:.2f}' for x in c['all_frames_per_s'])} |")
+    agree = result.get("agreement")
+    if agree:
+        lines += ["", "Agreement on one observation (Pearson r of the 84x84 maps, gpurender perturbation vs baseline; "
+                  "they differ by design in the mask near the border and the baseline's 8-bit resize): "
+                  f"actor {agree['actor']:.3f}, critic {agree['critic']:.3f}."]
+    if result.get("note"):
+        lines += ["", result["note"]]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--name", default=os.uname().nodename, help="names the results files")
+    ap.add_argument("--repeat", type=int, default=3, help="alternating rounds (the median is reported)")
+    ap.add_argument("--baseline-frames", type=int, default=3, help="frames the baseline scores per round")
+    ap.add_argument("--steps", type=int, default=8, help="steps gpurender scores per round and milestone count")
+    ap.add_argument("--milestones", default="1,4", help="milestone counts for gpurender (demo checkpoints, cycled)")
+    ap.add_argument("--methods", default="perturbation,gradient")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch (and the baseline's OpenCV) threads for both (default: their choice)")
+    ap.add_argument("--device", default="auto", help="gpurender's device (the baseline runs on the CPU)")
+    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--note", default="", help="a line added to the report (e.g. what else ran on the machine)")
+    ap.add_argument("--results-dir", type=Path, default=HERE / "results")
+    return ap.parse_args(argv)
+
+
+def build_cases(args: argparse.Namespace, device: torch.device, obs: np.ndarray,
+                baseline: PaperModel | None) -> list[tuple[dict, Callable[[], None], int]]:
+    """(what, run one round, frames per round) for the baseline and every gpurender case."""
+    counts = [int(x) for x in args.milestones.split(",")]
+    paths = demo_checkpoints()
+    agents = [Agent(paths[i % len(paths)], device=device) for i in range(max(counts))]
+    cases: list[tuple[dict, Callable[[], None], int]] = []
+    if baseline is not None:
+        def run_baseline() -> None:
+            for t in range(args.baseline_frames):
+                saliency_frame(baseline, obs[t])
+
+        cases.append(({"tool": "baseline (paper)", "method": "perturbation", "milestones": 1}, run_baseline,
+                      args.baseline_frames))
+    for method in args.methods.split(","):
+        for m in counts:
+            computer = SaliencyComputer(agents[:m], method)
+            steps = [np.ascontiguousarray(obs[t:t + m]) for t in range(args.steps)]
+
+            def run(computer: SaliencyComputer = computer, steps: list[np.ndarray] = steps) -> None:
+                for o in steps:
+                    computer.maps(o, np.zeros(len(o), np.int64))
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+
+            cases.append(({"tool": "gpurender", "method": method, "milestones": m}, run, args.steps * m))
+    return cases
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        import cv2
+
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
+    device = pick_device(args.device)
+    info = machine_info(device)
+    try:
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                        text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["commit"] = None
+    counts = [int(x) for x in args.milestones.split(",")]
+    obs = observations(max(args.steps, args.baseline_frames) + max(counts))
+    baseline = None if args.skip_baseline else PaperModel(demo_checkpoints()[-1])
+    cases = build_cases(args, device, obs, baseline)
+    for _, fn, _ in cases:  # warm-up: the first calls build matrices and allocate
+        fn()
+    runs: list[list[dict]] = [[] for _ in cases]
+    for r in range(args.repeat):
+        for i, (meta, fn, frames) in enumerate(cases):
+            runs[i].append(timed(fn, frames))
+            print(f"round {r + 1}: {meta['tool']} {meta['method']} x{meta['milestones']}: "
+                  f"{runs[i][-1]['frames_per_s']:.2f} frames/s", flush=True)
+    info["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results = [{**meta, **median_run(rs)} for (meta, _, _), rs in zip(cases, runs, strict=True)]
+    base_fps = results[0]["frames_per_s"] if baseline is not None else None
+    for c in results:
+        c["x_baseline"] = None if base_fps is None or c["tool"] != "gpurender" else c["frames_per_s"] / base_fps
+
+    agreement = None
+    if baseline is not None and "perturbation" in args.methods.split(","):
+        mine = SaliencyComputer([Agent(demo_checkpoints()[-1], device=device)], "perturbation").maps(obs[:1])
+        ref_actor, ref_critic = saliency_frame(baseline, obs[0])
+        agreement = {"actor": pearson(mine.actor[0], ref_actor), "critic": pearson(mine.critic[0], ref_critic)}
+
+    result = {
+        "name": args.name,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": shlex.join(["python", "benchmarks/bench_saliency.py", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": info,
+        "repeat": args.repeat,
+        "observations": len(obs),
+        "cases": results,
+        "agreement": agreement,
+        "note": args.note,
+    }
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.results_dir / f"saliency-{args.name}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(result))
+    for c in results:
+        ratio = "" if c["x_baseline"] is None else f"  ({c['x_baseline']:.1f}x baseline)"
+        print(f"{c['tool']:17s} {c['method']:12s} x{c['milestones']:<3d} {c['frames_per_s']:8.2f} frames/s "
+              f"{c['cpu_ms_per_frame']:8.1f} CPU ms/frame{ratio}")
+    print(f"wrote {stem}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
