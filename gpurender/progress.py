@@ -352,7 +352,7 @@ class ProgressVideo:
         per_milestone = [[r for env in returns[m][0] for r in env] for m in self.milestones]
         e = cfg.envs_per_milestone
         seeds = f"seed {cfg.seed}" if e == 1 else f"seeds {cfg.seed}-{cfg.seed + e - 1}"
-        games = (f"{e} game{'s' if e > 1 else ''} per milestone ({seeds}, "
+        games = (f"{e} env{'s' if e > 1 else ''} per milestone ({seeds}, "
                  f"{'sampled' if cfg.stochastic else 'deterministic'} actions)")
         clip = f"{cfg.clip_seconds:g} s, {cfg.frames:,} steps"
         sheet, chart = chart_card(self.atlas, self.milestones, per_milestone, self._run_name(), games, clip)

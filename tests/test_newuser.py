@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _video import message_lines, run_cli
+from _video import decode, message_lines, run_cli
 
 from gpurender.demo import CAPTION_BACKGROUND
 
@@ -34,6 +34,18 @@ def test_demo_renders_every_bundled_milestone(demo_run):
     table = proc.stdout.splitlines()
     assert [line.split()[0] for line in table[2 : 2 + len(MILESTONES)]] == list(MILESTONES)
     assert f"contact sheet: {(out / 'contact_sheet.png').resolve()}" in proc.stdout
+
+
+def test_demo_writes_the_progress_video(demo_run):
+    """The run's progress video: the 5 clip frames of the 2x2 grid, then the 4 s closing card
+    at 5 frames/s; its chart beside it."""
+    proc, out = demo_run
+    assert proc.returncode == 0, proc.stderr
+    video = decode(out / "training_progress_grid.mp4")
+    assert len(video.frames) == 5 + 4 * 5
+    assert (video.width, video.height) == (1920, 1080)
+    assert (out / "training_progress_grid_scores.png").is_file()
+    assert f"progress video (grid, {len(MILESTONES)} milestones" in proc.stdout
 
 
 def test_ale_banner_at_most_once_and_verbose_after_the_subcommand(demo_run):

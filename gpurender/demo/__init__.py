@@ -34,8 +34,9 @@ def demo_checkpoints() -> list[Path]:
 
 def demo_config(**fields: Any) -> RenderConfig:
     """The demo's render job: the bundled checkpoints on Breakout into ``gpurender-demo/``,
-    20 s clips; ``fields`` override any of it (``model_dir`` and ``game`` are the demo's own)."""
-    defaults: dict[str, Any] = {"output_dir": OUTPUT_DIR, "clip_seconds": CLIP_SECONDS}
+    20 s clips, each milestone's video and the run's progress video (grid); ``fields`` override
+    any of it (``model_dir`` and ``game`` are the demo's own)."""
+    defaults: dict[str, Any] = {"output_dir": OUTPUT_DIR, "clip_seconds": CLIP_SECONDS, "progress_video": True}
     return RenderConfig(**{**defaults, **fields, "model_dir": tuple(demo_checkpoints()), "game": GAME})
 
 
@@ -82,8 +83,9 @@ def contact_sheet(videos: Sequence[tuple[str, Path]], out: Path, scale: float = 
 
 
 def run_demo(cfg: RenderConfig, progress: bool = True) -> int:
-    """Render ``cfg`` (normally :func:`demo_config`), print the summary and write
-    ``contact_sheet.png`` beside the videos; the exit code (1 if a milestone failed)."""
+    """Render ``cfg`` (normally :func:`demo_config`: the milestone videos and the progress video),
+    print the summary and write ``contact_sheet.png`` beside the videos; the exit code (1 if a
+    milestone failed)."""
     from gpurender.pipeline import render
     from gpurender.summary import print_summary
 
