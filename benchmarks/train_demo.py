@@ -2,11 +2,16 @@
 
 This is the script that produced the checkpoints in ``gpurender/demo/``. It uses exactly what real
 users use — ``make_atari_env`` + ``VecFrameStack(4)`` and rl-zoo's PPO Atari hyper-parameters — and
-saves a checkpoint at each milestone percentage of training, named the way gpurender recognises
-(``milestones/step_<N>_pct_<P>.zip``). At the end each milestone is scored with SB3's
-``evaluate_policy`` and the figures are written to ``benchmarks/results/train_demo.json``.
+:class:`gpurender.sb3.MilestoneVideoCallback`, which saves a checkpoint at each milestone
+percentage of training (``milestones/step_<N>_pct_<P>.zip``) and, unless ``--no-render``, renders
+its video in the background. ``--resume CHECKPOINT`` continues a run from a checkpoint it saved
+(its step count, optimizer state and learning-rate progress; the milestone schedule stays the
+whole run's ``--timesteps``), as often as needed. At the end each milestone is scored with SB3's
+``evaluate_policy`` and the figures are written to ``OUT/train_demo.json``.
 
-    python benchmarks/train_demo.py --timesteps 400000 --out runs/demo
+    python benchmarks/train_demo.py --timesteps 2000000 --out runs/demo
+    python benchmarks/train_demo.py --timesteps 2000000 --out runs/demo \
+        --resume runs/demo/milestones/step_500000_pct_25.zip
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import ale_py
 import gymnasium as gym
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_atari_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecFrameStack
+
+from gpurender.milestones import find_milestones
+from gpurender.sb3 import MilestoneVideoCallback
 
 gym.register_envs(ale_py)
 
@@ -32,31 +39,6 @@ gym.register_envs(ale_py)
 def linear(start: float):
     """rl-zoo's ``lin_`` schedule: decays from ``start`` to 0 over training."""
     return lambda progress_remaining: progress_remaining * start
-
-
-class MilestoneCheckpoints(BaseCallback):
-    """Save the model when training passes each milestone percentage."""
-
-    def __init__(self, total: int, pcts: list[int], folder: Path) -> None:
-        super().__init__()
-        self.total, self.pcts, self.folder = total, sorted(pcts), folder
-        self.saved: dict[int, Path] = {}
-
-    def _save(self, pct: int) -> None:
-        path = self.folder / f"step_{self.num_timesteps}_pct_{pct}.zip"
-        self.model.save(path)
-        self.saved[pct] = path
-        print(f"[train_demo] milestone {pct}% at {self.num_timesteps} steps -> {path}", flush=True)
-
-    def _on_training_start(self) -> None:
-        if 0 in self.pcts:
-            self._save(0)
-
-    def _on_step(self) -> bool:
-        for pct in self.pcts:
-            if pct not in self.saved and self.num_timesteps >= self.total * pct / 100:
-                self._save(pct)
-        return True
 
 
 def main() -> None:
@@ -69,33 +51,41 @@ def main() -> None:
     p.add_argument("--milestones", default="0,10,25,50,75,100")
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--resume", type=Path, help="a checkpoint of this run to continue from")
+    p.add_argument("--no-render", action="store_true", help="save the milestones only, render no videos")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
     folder = args.out / "milestones"
     folder.mkdir(parents=True, exist_ok=True)
     env = VecFrameStack(make_atari_env(args.env, n_envs=args.n_envs, seed=args.seed), n_stack=4)
-    model = PPO(
-        "CnnPolicy", env, n_steps=128, n_epochs=4, batch_size=256, learning_rate=linear(2.5e-4),
-        clip_range=linear(0.1), vf_coef=0.5, ent_coef=0.01, seed=args.seed, device="cpu", verbose=0,
-    )
-    pcts = [int(x) for x in args.milestones.split(",")]
-    callback = MilestoneCheckpoints(args.timesteps, pcts, folder)
+    pcts = [float(x) for x in args.milestones.split(",")]
+    callback = MilestoneVideoCallback(args.timesteps, pcts, save_dir=folder, video_dir=args.out / "videos",
+                                      render=not args.no_render, render_options={"clip_seconds": 30})
+    if args.resume:
+        model = PPO.load(args.resume, env=env, device="cpu")
+        remaining = args.timesteps - model.num_timesteps
+        print(f"[train_demo] resuming {args.resume} at {model.num_timesteps:,} steps: {remaining:,} to go", flush=True)
+    else:
+        model = PPO(
+            "CnnPolicy", env, n_steps=128, n_epochs=4, batch_size=256, learning_rate=linear(2.5e-4),
+            clip_range=linear(0.1), vf_coef=0.5, ent_coef=0.01, seed=args.seed, device="cpu", verbose=0,
+        )
+        remaining = args.timesteps
     t0 = time.perf_counter()
-    model.learn(args.timesteps, callback=callback, progress_bar=False)
+    model.learn(remaining, callback=callback, progress_bar=False, reset_num_timesteps=not args.resume)
     wall = time.perf_counter() - t0
-    if 100 in pcts and 100 not in callback.saved:
-        callback._save(100)
 
     results = []
-    for pct, path in sorted(callback.saved.items()):
-        eval_env = VecFrameStack(make_atari_env(args.env, n_envs=1, seed=1000 + pct), n_stack=4)
+    for m in find_milestones([folder]):  # this call's milestones and a resumed run's earlier ones
+        pct, path = m.pct, m.path
+        eval_env = VecFrameStack(make_atari_env(args.env, n_envs=1, seed=1000 + round(pct)), n_stack=4)
         # Atari evaluation counts whole games: the Monitor wrapper sits under EpisodicLife, so
         # evaluate_policy reports the unclipped score of a full game (all lives).
         mean, std = evaluate_policy(PPO.load(path, device="cpu"), eval_env,
                                     n_eval_episodes=args.eval_episodes, deterministic=True)
         results.append({"pct": pct, "checkpoint": path.name, "mean_return": mean, "std_return": std})
-        print(f"[train_demo] {pct:3d}%  mean return {mean:6.2f} ± {std:5.2f}", flush=True)
+        print(f"[train_demo] {pct:5.1f}%  mean return {mean:6.2f} ± {std:5.2f}", flush=True)
     report = {
         "env": args.env, "algo": "PPO", "policy": "CnnPolicy", "timesteps": args.timesteps,
         "n_envs": args.n_envs, "seed": args.seed, "torch_threads": args.threads,
