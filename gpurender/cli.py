@@ -72,6 +72,10 @@ def _job(p: argparse.ArgumentParser, output_dir: Path, clip_seconds: float, prog
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--trace", action="store_true", default=None,
                    help="also write every number each frame's panel shows to <video>.trace.jsonl" + no_trace)
+    p.add_argument("--saliency", metavar="off|perturbation|gradient",
+                   help="saliency maps over the game: the actor's in cyan, the critic's in magenta, each scaled "
+                   "by its running maximum in the video; perturbation (Greydanus et al. 2018) or gradient "
+                   "(default off)")
     p.add_argument("--workers", type=_workers, metavar="N|auto",
                    help="split the job into N pipelines (processes, GL contexts, encoders) balanced by frames; "
                    "auto: from the cores, GPUs and memory; with --ray, the number of Ray tasks (default 1)" + one)
@@ -146,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="screenshots and recordings go here (default .)")
     pv.add_argument("--encoder", choices=ENCODERS, default=PreviewConfig.encoder,
                     help="H.264 encoder for recordings (default auto)")
+    pv.add_argument("--saliency", metavar="off|perturbation|gradient",
+                    help="saliency maps over the game, as gpurender render draws them (default off)")
     pv.add_argument("--max-frames", type=int, default=PreviewConfig.max_frames, metavar="N",
                     help="close after N frames (default 0: when the window is closed)")
 
@@ -193,7 +199,8 @@ def _flags(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 def _job_flags(args: argparse.Namespace) -> dict[str, Any]:
     """RenderConfig fields from the options of :func:`_job` and :func:`_render_only` present in ``args``."""
     out = _flags(args, "output_dir", "clip_seconds", "fps", "seed", "device", "encoder", "force", "trace",
-                 "envs_per_milestone", "crf", "preset", "workers", "ray_address", "progress_video", "progress_layout")
+                 "envs_per_milestone", "crf", "preset", "workers", "ray_address", "progress_video", "progress_layout",
+                 "saliency")
     stack = getattr(args, "stack_forwards", None)
     if stack is not None:
         out["stack_forwards"] = STACK_FORWARDS[stack]

@@ -19,6 +19,8 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
                 "placebo")
 PROGRESS_LAYOUTS = ("grid", "sequence")
 """The progress video's layouts: the milestones side by side, or one after another."""
+SALIENCY = ("off", "perturbation", "gradient")
+"""``--saliency``: no maps, or the methods of :mod:`gpurender.saliency` (its ``METHODS``)."""
 CRF_RANGE = (0, 51)
 """libx264's CRF range (NVENC's CQ takes the same numbers)."""
 
@@ -112,6 +114,10 @@ class RenderConfig:
     """Frames drawn per pass of the renderer's tiled framebuffer."""
     trace: bool = False
     """Write every number each frame's panel shows to ``<video>.trace.jsonl`` beside the video."""
+    saliency: str = "off"
+    """Saliency maps over the game (:mod:`gpurender.saliency`): ``off``, ``perturbation`` (Greydanus et
+    al. 2018) or ``gradient``; the actor's map in cyan, the critic's in magenta, each divided by its
+    running maximum in the video."""
     workers: int | str = 1
     """Pipelines the job is split into (each its own simulation process, GL context and encoders),
     balanced by frames; ``"auto"`` picks from the machine's cores, GPUs and memory
@@ -145,6 +151,7 @@ class RenderConfig:
             "backend": _one_of("backend", self.backend, BACKENDS),
             "max_tiles": _whole("max_tiles", self.max_tiles, "must be at least 1", 1),
             "progress_layout": _one_of("progress_layout", self.progress_layout, PROGRESS_LAYOUTS),
+            "saliency": _one_of("saliency", self.saliency, SALIENCY),
         }
         if self.milestones is not None:
             checked["milestones"] = tuple(str(m) for m in self.milestones)
@@ -216,6 +223,7 @@ _YAML_KEYS = {
     ("recording", "fps"): "fps",
     ("recording", "milestone_clip_seconds"): "clip_seconds",
     ("recording", "milestones_pct"): "milestones",
+    ("recording", "saliency"): "saliency",
 }
 
 
@@ -245,6 +253,8 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
                 value = tuple(f"{float(v):g}" for v in items)
             except (TypeError, ValueError):
                 raise GpurenderError(f"{path}: {section}.{key} must be a list of percentages, got {value!r}") from None
+        elif name == "saliency" and value is False:
+            value = "off"  # YAML 1.1 reads a bare off as false
         elif name in ("game", "algo"):
             value = str(value).upper().replace("-", "") if name == "algo" else str(value)
         out[name] = value
@@ -261,5 +271,5 @@ def merge(base: RenderConfig, overrides: dict[str, Any]) -> RenderConfig:
     return replace(base, **{k: v for k, v in overrides.items() if k in names and v is not None})
 
 
-__all__ = ["BACKENDS", "ENCODERS", "PROGRESS_LAYOUTS", "X264_PRESETS", "ConfigError", "PreviewConfig",
+__all__ = ["BACKENDS", "ENCODERS", "PROGRESS_LAYOUTS", "SALIENCY", "X264_PRESETS", "ConfigError", "PreviewConfig",
            "RenderConfig", "flag", "merge", "read_yaml_config"]

@@ -19,13 +19,14 @@ from gpurender.render.layout import HISTORY_ACTIONS, HISTORY_SCORES
 class MilestonePanel:
     """The panel of one milestone's videos (one row per env of the milestone in every array)."""
 
-    def __init__(self, milestone: Milestone, agent: AgentInfo, game: Game, renderer: FrameRenderer) -> None:
+    def __init__(self, milestone: Milestone, agent: AgentInfo, game: Game, renderer: FrameRenderer,
+                 saliency: str = "off") -> None:
         self.milestone, self.agent = milestone, agent
         self.names = action_meanings(game)
         self.columns = StepColumns.of(agent)
         """How this agent's rows are laid out in a :class:`~gpurender.protocol.Step`'s outputs."""
         self.spec = PanelSpec(game.title, agent.algo, self.names, tuple(agent.layers), milestone.display,
-                              milestone.pct is not None, agent.learning_rate)
+                              milestone.pct is not None, agent.learning_rate, saliency)
         self.layout = renderer.layout(self.spec)
         self.base_chars = self.layout.static_chars(self.spec)
         self.edge_values = self.layout.edge_values(agent.edge_weights)

@@ -393,6 +393,8 @@ class _Tile(NamedTuple):
     """The progress video's caption cell it is shown in; None: not shown there."""
     score: float = 0.0
     """The game's score so far (a progress caption's live score)."""
+    saliency: np.ndarray | None = None
+    """(2, 84, 84) actor and critic maps in [0, 1] drawn over its game (``--saliency``)."""
 
 
 def _passes(per_step: Sequence[tuple[list[_Tile], list[_Tile]]], max_tiles: int) -> list[list[_Tile]]:
@@ -430,7 +432,8 @@ class _Job:
         # pack, gl (draw + convert + read back), encode_wait (encoder queues full), draw_starved
         self.stage_seconds = dict.fromkeys(
             ("infer", "env", "sim_blocked", "pack", "gl", "encode_wait", "draw_starved"), 0.0)
-        self.panels = [MilestonePanel(m, info, game, renderer) for m, info in loaded]
+        self.panels = [MilestonePanel(m, info, game, renderer, cfg.saliency) for m, info in loaded]
+        self.saliency = cfg.saliency != "off"
         self.phases = play_phases(cfg, len(loaded))
         # frames are drawn grouped by layout so each group is one run of tiles
         self.layout_rank = {p.spec.layout_key: k for k, p in reversed(list(enumerate(self.panels)))}
@@ -454,7 +457,7 @@ class _Job:
                     path = video_path(output_dir, m, env, cfg.envs_per_milestone)
                     self.videos.append(VideoResult(m, env, path, agent=info))
                     self.encoders.append(EncoderThread(VideoWriter(path, codec, settings)))
-                    self.traces.append(TraceWriter(path) if cfg.trace else None)
+                    self.traces.append(TraceWriter(path, cfg.frames if self.saliency else 0) if cfg.trace else None)
         except BaseException:
             self.close()
             raise
@@ -480,11 +483,13 @@ class _Job:
             cell = self._cell(i)
             for n, (k, row) in enumerate(zip(self.drawn[i], rows, strict=True)):
                 g = i * self.e_per + k
+                maps = d.saliency[row] if d.saliency is not None else None
                 tile = _Tile(g, panel, values[n], chars[n], d.screens[row], s, cell if k == 0 else None,
-                             float(d.scores[row]))
+                             float(d.scores[row]), maps)
                 (shown if tile.cell is not None else others).append(tile)
                 if self.traces[g] is not None:
-                    self.traces[g].write(d.t, out, n, d.rewards[row], d.scores[row], d.lives[row])
+                    self.traces[g].write(d.t, out, n, d.rewards[row], d.scores[row], d.lives[row],
+                                         None if maps is None else (maps, d.saliency_scale[row]))
         return shown, others
 
     def _draw_steps(self, steps: list[Step], phase: Sequence[int]) -> None:
@@ -503,9 +508,11 @@ class _Job:
         else:
             chunks = [sorted(c, key=rank) for c in _passes(per_step, r.max_tiles)]
         self.stage_seconds["pack"] += time.perf_counter() - t0
-        # the game half is drawn by GL where frames are converted on the GPU or composed into the
-        # progress video; on a software renderer the milestone videos' encoders scale it in (OpenCV)
-        gl_game = not r.software or self.progress is not None
+        # the game half is drawn by GL where frames are converted on the GPU, composed into the
+        # progress video or carry saliency maps; otherwise, on a software renderer, the milestone
+        # videos' encoders scale it in (OpenCV)
+        gl_game = not r.software or self.progress is not None or self.saliency
+        whole = r.software and self.saliency  # encoders take the whole RGBA frame, game included
         for chunk in chunks:
             t0 = time.perf_counter()
             r.begin(len(chunk), game=gl_game)
@@ -513,19 +520,23 @@ class _Job:
             for _, group in itertools.groupby(chunk, key=lambda c: c.panel.spec.layout_key):
                 seg = list(group)
                 r.draw(seg[0].panel.spec, np.stack([c.values for c in seg]), np.stack([c.chars for c in seg]),
-                       np.stack([c.screen for c in seg]) if gl_game else None, tile0=tile0)
+                       np.stack([c.screen for c in seg]) if gl_game else None, tile0=tile0,
+                       saliency=np.stack([c.saliency for c in seg]) if self.saliency else None)
                 tile0 += len(seg)
             coded = [(tile, c) for tile, c in enumerate(chunk) if self.encoders[c.env] is not None]
             # a GPU converts whole frames to I420; on a software renderer sampling textures is the
             # costly part, so the encoder threads convert the panel and scale the game in (OpenCV)
             if coded:
-                frames = r.read_panels(len(chunk)) if r.software else r.read_yuv(len(chunk))
+                if whole:
+                    frames = r.read_rgba(len(chunk))
+                else:
+                    frames = r.read_panels(len(chunk)) if r.software else r.read_yuv(len(chunk))
             if self.progress is not None:
                 self._compose(chunk)
             self.stage_seconds["gl"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             for tile, c in coded:
-                self.encoders[c.env].submit((frames[tile], c.screen) if r.software else frames[tile])
+                self.encoders[c.env].submit((frames[tile], c.screen) if r.software and not whole else frames[tile])
             self.stage_seconds["encode_wait"] += time.perf_counter() - t0
 
     def _compose(self, chunk: list[_Tile]) -> None:

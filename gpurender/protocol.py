@@ -139,6 +139,27 @@ class LevelNormaliser:
         return out._replace(levels=self(out.levels))
 
 
+class SaliencyNormaliser:
+    """Running maximum that scales raw saliency maps (:class:`gpurender.saliency.SaliencyMaps`) to
+    [0, 1], per video and per map: each env row's actor map is divided by the largest actor value
+    that video has reached so far, its critic map likewise (a map that has been all zero stays 0).
+    Deterministic, and a video depends on nothing but its own env, as with :class:`LevelNormaliser`."""
+
+    def __init__(self) -> None:
+        self.running: np.ndarray | None = None
+        """(envs, 2) the running maxima (actor, critic), made at the first call."""
+
+    def __call__(self, actor: np.ndarray, critic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(envs, 84, 84) raw actor and critic maps -> ((envs, 2, 84, 84) float16 in [0, 1], (envs, 2)
+        float32 scales the maps were divided by: raw ~ drawn x scale)."""
+        both = np.stack([actor, critic], axis=1).astype(np.float32)
+        peak = both.reshape(len(both), 2, -1).max(axis=-1)
+        self.running = peak if self.running is None else np.maximum(self.running, peak)
+        scale = np.where(self.running > 0, self.running, 1.0).astype(np.float32)
+        drawn = np.clip(both / scale[:, :, None, None], 0.0, 1.0).astype(np.float16)
+        return drawn, scale
+
+
 # -- messages from the simulation process ---------------------------------------------------------
 
 
@@ -170,6 +191,12 @@ class Step(NamedTuple):
     """(envs,) lives left."""
     screens: np.ndarray | None = None
     """(envs, 210, 160, 3) uint8 game screens; travel through shared memory, filled in on receipt."""
+    saliency_scale: np.ndarray | None = None
+    """With ``--saliency``: (envs, 2) float32, what each env's actor and critic maps were divided by
+    (:class:`SaliencyNormaliser`); None without."""
+    saliency: np.ndarray | None = None
+    """With ``--saliency``: (envs, 2, 84, 84) float16 actor and critic maps in [0, 1]; travel
+    through shared memory beside the screens, filled in on receipt."""
 
 
 class Done(NamedTuple):

@@ -42,6 +42,7 @@ def video_settings(cfg: RenderConfig, game: str, env_index: int, checkpoint_sha2
         "deterministic": not cfg.stochastic,
         "crf": cfg.crf,
         "preset": cfg.preset,
+        "saliency": cfg.saliency,
     }
 
 

@@ -25,13 +25,14 @@ from gpurender.config import RenderConfig
 from gpurender.errors import GpurenderError
 from gpurender.games import Game, action_meanings, resolve_game
 from gpurender.milestones import Milestone, read_checkpoint
-from gpurender.protocol import Channel, Done, Failed, Loaded, Step
+from gpurender.protocol import Channel, Done, Failed, Loaded, SaliencyNormaliser, Step
 
 if TYPE_CHECKING:
     import torch
 
     from gpurender.agents import Agent
     from gpurender.rollout import Rollout
+    from gpurender.saliency import SaliencyComputer
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def _read_threads(milestones: Sequence[Milestone]) -> int:
 
 
 SCREEN_SHAPE = (210, 160, 3)  # every ALE game's screen
+MAPS_SHAPE = (2, 84, 84)  # a step's actor and critic saliency maps of one env
 
 
 class ScreenRing:
@@ -88,11 +90,15 @@ class ScreenRing:
 
     Steps are produced and consumed in order, so ``free`` (a semaphore of ``slots``) is all the
     bookkeeping: the producer takes one before it writes a slot, the consumer gives it back once
-    it has copied the slot out. It also bounds the steps in flight (memory stays flat)."""
+    it has copied the slot out. It also bounds the steps in flight (memory stays flat).
 
-    def __init__(self, ctx: mp.context.BaseContext, slots: int, envs: int) -> None:
+    With ``saliency``, each slot also holds the step's (envs, 2, 84, 84) float16 saliency maps
+    (:attr:`maps`), written and taken with the screens."""
+
+    def __init__(self, ctx: mp.context.BaseContext, slots: int, envs: int, saliency: bool = False) -> None:
         self.slots, self.envs = slots, envs
         self.buffer = ctx.RawArray("B", slots * envs * int(np.prod(SCREEN_SHAPE)))
+        self.maps = ctx.RawArray("B", slots * envs * int(np.prod(MAPS_SHAPE)) * 2) if saliency else None
         self.free = ctx.Semaphore(slots)
 
     def slot(self, t: int) -> np.ndarray:
@@ -100,19 +106,29 @@ class ScreenRing:
         view = np.frombuffer(self.buffer, np.uint8).reshape(self.slots, self.envs, *SCREEN_SHAPE)
         return view[t % self.slots]
 
-    def put(self, t: int, screens: np.ndarray, stop: mp.Event) -> bool:
-        """Write step ``t``'s screens once its slot is free; False if ``stop`` was set first."""
+    def maps_slot(self, t: int) -> np.ndarray:
+        """Step ``t``'s saliency slot, (envs, 2, 84, 84) float16, a view of the shared memory."""
+        view = np.frombuffer(self.maps, np.float16).reshape(self.slots, self.envs, *MAPS_SHAPE)
+        return view[t % self.slots]
+
+    def put(self, t: int, screens: np.ndarray, stop: mp.Event, maps: np.ndarray | None = None) -> bool:
+        """Write step ``t``'s screens (and saliency ``maps``) once its slot is free; False if
+        ``stop`` was set first."""
         while not self.free.acquire(timeout=0.1):
             if stop.is_set():
                 return False
         self.slot(t)[: len(screens)] = screens
+        if maps is not None:
+            self.maps_slot(t)[: len(maps)] = maps
         return True
 
-    def take(self, t: int, envs: int) -> np.ndarray:
-        """A copy of step ``t``'s screens (its first ``envs``); the slot is free again after."""
+    def take(self, t: int, envs: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Copies of step ``t``'s screens and saliency maps (None without) of its first ``envs``;
+        the slot is free again after."""
         screens = self.slot(t)[:envs].copy()
+        maps = self.maps_slot(t)[:envs].copy() if self.maps is not None else None
         self.free.release()
-        return screens
+        return screens, maps
 
 
 def _die_with_parent(parent: int) -> None:
@@ -178,11 +194,20 @@ def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], env
         if not loaded:
             return
         stages = dict.fromkeys(("infer", "env", "sim_blocked"), 0.0)
+        if cfg.saliency != "off":
+            from gpurender.saliency import SaliencyComputer
+
+            # built once per group of milestones (once per job unless they play in turn)
+            computers = [SaliencyComputer([loaded[i][1] for i in phase], cfg.saliency, stack=stack)
+                         for phase in phases]
+            stages["saliency"] = 0.0
+        else:
+            computers = [None] * len(phases)
         sent = 0  # steps sent so far: the ring's slot counter, continuing from group to group
-        for phase, phase_units in zip(phases, units, strict=True):
+        for phase, phase_units, computer in zip(phases, units, computers, strict=True):
             seeds = [cfg.seed + e for _ in phase for e in envs]
             rollout = Rollout(make_atari(game, seeds, cfg.backend), phase_units, device)
-            if not _play(cfg, rollout, out, ring, stop, stages, sent):
+            if not _play(cfg, rollout, out, ring, stop, stages, sent, computer):
                 return
             sent += cfg.frames
             rollout.close()
@@ -198,9 +223,12 @@ def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], env
 
 
 def _play(cfg: RenderConfig, rollout: Rollout, out: Channel, ring: ScreenRing, stop: mp.Event, stages: dict[str, float],
-          sent: int) -> bool:
+          sent: int, saliency: SaliencyComputer | None = None) -> bool:
     """Play ``rollout`` for the clip, one :class:`Step` per frame (screens into ``ring`` slot
-    ``sent + t``), adding to ``stages``; False if stopped first."""
+    ``sent + t``), adding to ``stages``; False if stopped first. ``saliency``: also compute every
+    env's maps after each step's forward, in one call, and send them (scaled per video by a
+    :class:`~gpurender.protocol.SaliencyNormaliser`) through the ring."""
+    normalise = SaliencyNormaliser() if saliency is not None else None
     for t in range(cfg.frames):
         if stop.is_set():
             return False
@@ -209,9 +237,17 @@ def _play(cfg: RenderConfig, rollout: Rollout, out: Channel, ring: ScreenRing, s
         t1 = time.perf_counter()
         stages["infer"] += t1 - t0
         state = rollout.state
-        if not ring.put(sent + t, state.screens, stop):
+        maps = scale = None
+        if saliency is not None:
+            raw = saliency.maps(state.obs, outputs[:, 0].astype(np.int64))
+            maps, scale = normalise(raw.actor, raw.critic)
+            t2 = time.perf_counter()
+            stages["saliency"] += t2 - t1
+            t1 = t2
+        if not ring.put(sent + t, state.screens, stop, maps):
             return False
-        out.send(Step(t, outputs, rollout.rewards.copy(), rollout.scores.current.copy(), state.lives))
+        out.send(Step(t, outputs, rollout.rewards.copy(), rollout.scores.current.copy(), state.lives,
+                      saliency_scale=scale))
         t2 = time.perf_counter()
         stages["sim_blocked"] += t2 - t1
         if t + 1 < cfg.frames:
@@ -255,7 +291,7 @@ class SimulationProcess:
         # number of envs, never by the clip's length
         rows = len(milestones) * len(envs)
         steps_per_pass = max(1, cfg.max_tiles // max(1, rows))
-        self.ring = ScreenRing(ctx, max(4, 2 * steps_per_pass) + 2, rows)
+        self.ring = ScreenRing(ctx, max(4, 2 * steps_per_pass) + 2, rows, saliency=cfg.saliency != "off")
         conn, child_end = ctx.Pipe(duplex=False)
         self.channel = Channel(conn)
         self.stop = ctx.Event()
@@ -289,7 +325,8 @@ class SimulationProcess:
                 raise GpurenderError(msg.message)
             if isinstance(msg, Step):
                 self.received += 1
-                return msg._replace(screens=self.ring.take(self.received - 1, len(msg.outputs)))
+                screens, maps = self.ring.take(self.received - 1, len(msg.outputs))
+                return msg._replace(screens=screens, saliency=maps)
             return msg
 
     def loaded(self) -> Loaded:

@@ -392,3 +392,26 @@ def test_run_preview_stops_after_max_frames(display, ppo_checkpoint: Path, tmp_p
         assert torch.get_num_threads() == 1  # batch-1 inference on CPU leaves the cores to drawing
     finally:
         torch.set_num_threads(threads)
+
+
+def test_preview_draws_saliency(display) -> None:
+    """``--saliency`` in the preview: the maps over the game and the legend, nothing else changed
+    (tests/test_saliency_render.py checks the drawing itself)."""
+    from gpurender.demo import demo_checkpoints
+    from gpurender.preview import Preview
+    from gpurender.render.layout import FRAME_H, PANEL_W
+
+    frames = {}
+    for method in ("off", "perturbation"):
+        cfg = RenderConfig(model_dir=tuple(demo_checkpoints()), milestones=("100",), device="cpu", saliency=method)
+        pv = Preview(cfg, PreviewConfig(uncapped=True, visible=False, encoder="x264"))
+        try:
+            for _ in range(6):
+                pv.step()
+            frames[method] = pv.frame_rgb().astype(np.int16)
+        finally:
+            pv.close()
+    diff = np.abs(frames["perturbation"] - frames["off"]).max(axis=-1)
+    assert (diff[:, PANEL_W:] > 30).sum() > 200  # the maps over the game
+    assert (diff[FRAME_H - 13 :, : PANEL_W - 8] > 60).sum() > 100  # the legend
+    assert (diff[: FRAME_H - 15, :PANEL_W] > 0).sum() == 0  # the rest of the panel is the same

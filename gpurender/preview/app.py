@@ -24,9 +24,11 @@ from gpurender.milestones import find_milestones
 from gpurender.panel import MilestonePanel
 from gpurender.preview.overlay import HelpOverlay
 from gpurender.preview.window import Command, KeyBinding, Pacer, Window, key_binding, letterbox
+from gpurender.protocol import SaliencyNormaliser
 from gpurender.render import FrameRenderer
 from gpurender.render.passes import PresentPass
 from gpurender.rollout import ForwardUnit, Rollout, forward_units
+from gpurender.saliency import SaliencyComputer
 from gpurender.simulate import load_agents
 
 MIN_SPEED, MAX_SPEED = 1 / 16, 64.0
@@ -106,7 +108,11 @@ class Preview:
         if not loaded:
             raise GpurenderError(f"no milestone could be loaded: {failures[0][1]}" if failures
                                  else "no milestone to show")
-        self.panels = [MilestonePanel(m, agent.info, self.game, self.renderer) for m, agent in loaded]
+        self.panels = [MilestonePanel(m, agent.info, self.game, self.renderer, cfg.saliency) for m, agent in loaded]
+        self.saliency: list[tuple[SaliencyComputer, SaliencyNormaliser]] = []
+        """With ``--saliency``: per milestone, its maps' computer and their running maxima."""
+        if cfg.saliency != "off":
+            self.saliency = [(SaliencyComputer([agent], cfg.saliency), SaliencyNormaliser()) for _, agent in loaded]
         self.units: list[ForwardUnit] = [forward_units([agent], 1, stack=False)[0] for _, agent in loaded]
         """One forward per milestone, each with its own level normaliser; the current one plays."""
         self.current = 0
@@ -210,11 +216,16 @@ class Preview:
             self._starts.popleft()
         panel, rollout = self.panel, self.rollout
         out = panel.unpack(rollout.act())
+        maps = None
+        if self.saliency:
+            computer, normalise = self.saliency[self.current]
+            raw = computer.maps(rollout.state.obs, out.actions)
+            maps, _ = normalise(raw.actor, raw.critic)
         t1 = time.perf_counter()
         values, chars = panel.pack(self.frames, 0, out, rollout.scores.current, rollout.state.lives)
         r = self.renderer
         r.begin(1)
-        r.draw(panel.spec, values, chars, rollout.state.screens)
+        r.draw(panel.spec, values, chars, rollout.state.screens, saliency=maps)
         if self._encoder is not None:
             self._encoder.submit(r.read_yuv(1)[0])
             self.recorded_frames += 1

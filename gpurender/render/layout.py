@@ -46,6 +46,12 @@ LAYER_COLORS = {
     "output": (1.0, 0.72, 0.25),
 }
 EDGE_COLOR = (0.4, 0.75, 1.0)
+SALIENCY_ACTOR = (0.15, 0.8, 1.0)
+"""The actor's saliency map over the game (``shaders/game.glsl``'s ``u_actor_colour``) and its legend."""
+SALIENCY_CRITIC = (1.0, 0.2, 0.8)
+"""The critic's saliency map over the game and its legend."""
+SALIENCY_ALPHA = 0.75
+"""Opacity of a saliency colour where its map is 1 (the video's running maximum)."""
 
 # one colour per action index (history cells and the swatch beside each policy row)
 PALETTE = [
@@ -81,6 +87,8 @@ class PanelSpec:
     """Shown after ``Progress:`` (``45.2%``) or as ``Milestone: 100,000 steps``."""
     is_percent: bool
     learning_rate: float
+    saliency: str = "off"
+    """The saliency method drawn over the game, named in the panel's legend (``off``: no legend)."""
 
     @property
     def q_based(self) -> bool:
@@ -88,7 +96,8 @@ class PanelSpec:
 
     @property
     def layout_key(self) -> tuple:
-        return (self.q_based, self.action_names, tuple((x.name, x.shape, x.nodes) for x in self.layers))
+        key = (self.q_based, self.action_names, tuple((x.name, x.shape, x.nodes) for x in self.layers))
+        return key if self.saliency == "off" else (*key, self.saliency)
 
 
 def format_lr(lr: float) -> str:
@@ -288,6 +297,8 @@ class PanelLayout:
             self._text(f"lname{col}", x - len(name) * small.cell_w / 2, 292, "small", len(name), WHITE, static=name)
             shape = layer.shape_text
             self._text(f"lshape{col}", x - len(shape) * tiny.cell_w / 2, 512, "tiny", len(shape), DIM, static=shape)
+        if spec.saliency != "off":
+            self._saliency_legend(spec.saliency)
         edge_slot = self.slot_edges
         level0 = self.slot_levels
         for src_col, dst_col in itertools.pairwise(centers):
@@ -298,6 +309,19 @@ class PanelLayout:
                                    (level0 + s, edge_slot, 0, 0))
                     edge_slot += 1
             level0 += len(src_col)
+
+    def _saliency_legend(self, method: str) -> None:
+        """One line under the diagram: the method, how the maps are scaled, and each map's colour
+        (a swatch and its name in that colour)."""
+        tiny = self.atlas.fonts["tiny"]
+        y = FRAME_H - tiny.cell_h - 1
+        head = f"Saliency: {method} (each map / its running max)"
+        self._text("sal_head", 12, y, "tiny", len(head), DIM, static=head)
+        x = 12 + (len(head) + 1) * tiny.cell_w
+        for name, colour in (("actor", SALIENCY_ACTOR), ("critic", SALIENCY_CRITIC)):
+            self.rects.add((x, y + 3, 8, 8), (*colour, 1.0))
+            self._text(f"sal_{name}", x + 11, y, "tiny", len(name), (*colour, 1.0), static=name)
+            x += 11 + (len(name) + 2) * tiny.cell_w
 
     def _static_first(self) -> None:
         """Put the items that look the same in every frame of a video first: rects bound to no

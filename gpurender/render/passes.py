@@ -16,7 +16,16 @@ from typing import NamedTuple, Protocol, TypeVar
 import moderngl
 
 from gpurender.render.atlas import GlyphAtlas
-from gpurender.render.layout import FRAME_H, FRAME_W, GAME_RECT, PALETTE, Items
+from gpurender.render.layout import (
+    FRAME_H,
+    FRAME_W,
+    GAME_RECT,
+    PALETTE,
+    SALIENCY_ACTOR,
+    SALIENCY_ALPHA,
+    SALIENCY_CRITIC,
+    Items,
+)
 from gpurender.render.shaders import load_program
 
 BLEND_OVER = (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA)
@@ -44,6 +53,7 @@ class Unit(IntEnum):
     SCREENS = 4
     RGB = 5
     FRAME = 6
+    SALIENCY = 7
 
     @property
     def sampler(self) -> str:
@@ -138,19 +148,36 @@ class TiledPass(Pass):
 
 class GamePass(TiledPass):
     """The game screens, one layer of a texture array per frame, scaled (nearest) into the
-    frame's game rectangle."""
+    frame's game rectangle; with saliency maps, those blended over them (the ``SALIENCY``
+    variant of ``shaders/game.glsl``, compiled when first used)."""
 
     shader = "game"
 
     def __init__(self, ctx: moderngl.Context) -> None:
         super().__init__(ctx, u_rect=GAME_RECT)
+        self._saliency: Program | None = None
 
-    def render(self, src: moderngl.TextureArray, dst: Target, first: int = 0, frames: int = 1) -> None:
-        """Layers ``0 .. frames-1`` of ``src`` into frames ``first ..`` of ``dst``."""
-        self._into(dst, first)
+    def render(self, src: moderngl.TextureArray, dst: Target, first: int = 0, frames: int = 1,
+               saliency: moderngl.TextureArray | None = None) -> None:
+        """Layers ``0 .. frames-1`` of ``src`` into frames ``first ..`` of ``dst``; ``saliency``:
+        the same layers of an (84, 84) RG texture array (actor, critic in [0, 1], bilinear)
+        blended over them in :data:`~gpurender.render.layout.SALIENCY_ACTOR` and
+        :data:`~gpurender.render.layout.SALIENCY_CRITIC`, each with opacity ``SALIENCY_ALPHA`` x
+        its map: their colours mixed by those weights, laid over with their sum (at most 1)."""
+        program = self.program
+        if saliency is not None:
+            if self._saliency is None:
+                self._saliency = self.own(Program(self.ctx, self.shader, ("SALIENCY",), u_rect=GAME_RECT,
+                                                  u_frame_size=(FRAME_W, FRAME_H), u_actor_colour=SALIENCY_ACTOR,
+                                                  u_critic_colour=SALIENCY_CRITIC, u_alpha=SALIENCY_ALPHA))
+            program = self._saliency
+            saliency.use(Unit.SALIENCY)
+        dst.use()
+        width, height = dst.fbo.size
+        program.set(u_frame_size=(width, height // dst.tiles), u_tiles=dst.tiles, u_tile0=first)
         src.use(Unit.SCREENS)
         self.ctx.disable(moderngl.BLEND)
-        self.program.draw(frames)
+        program.draw(frames)
 
 
 def items_texture(ctx: moderngl.Context, items: Items) -> tuple[moderngl.Texture, int]:

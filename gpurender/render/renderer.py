@@ -109,6 +109,7 @@ class FrameRenderer:
         self.fbo_yuv = ctx.framebuffer([self.t_yuv])
         self.t_screens = ctx.texture_array((160, 210, t), 3, alignment=1)
         self.t_screens.filter = (moderngl.NEAREST, moderngl.NEAREST)
+        self._t_saliency: moderngl.TextureArray | None = None  # made when saliency is first drawn
         self._dyn: dict[str, moderngl.Texture] = {}
         self._layouts: dict[tuple, _LayoutGPU] = {}
         # Items that never change within a video are drawn once per milestone into a panel image
@@ -216,11 +217,23 @@ class FrameRenderer:
             tex = self._panels[key] = self.ctx.texture((PANEL_W, FRAME_H), 4, data, alignment=1)
         return tex
 
+    def _saliency_maps(self, maps: np.ndarray) -> moderngl.TextureArray:
+        """Upload (n, 2, 84, 84) actor and critic maps into layers ``0 .. n-1`` of the saliency
+        texture array (RG half floats, bilinear, clamped to the edge)."""
+        if self._t_saliency is None:
+            self._t_saliency = self.ctx.texture_array((84, 84, self.max_tiles), 2, dtype="f2", alignment=1)
+            self._t_saliency.filter = (moderngl.LINEAR, moderngl.LINEAR)
+            self._t_saliency.repeat_x = self._t_saliency.repeat_y = False
+        rg = np.ascontiguousarray(np.asarray(maps, np.float16).transpose(0, 2, 3, 1))
+        self._t_saliency.write(rg.tobytes(), viewport=(0, 0, 0, 84, 84, len(maps)))
+        return self._t_saliency
+
     def draw(self, spec: PanelSpec, values: np.ndarray, chars: np.ndarray, screens: np.ndarray | None,
-             tile0: int = 0) -> None:
+             tile0: int = 0, saliency: np.ndarray | None = None) -> None:
         """Draw ``len(values)`` frames of one layout into tiles ``tile0 ...``; ``screens=None``
         leaves the game half undrawn (on a software renderer the encoders add it:
-        :meth:`gpurender.encode.I420Converter.compose`)."""
+        :meth:`gpurender.encode.I420Converter.compose`). ``saliency``: (n, 2, 84, 84) actor and
+        critic maps in [0, 1] drawn over the screens (:class:`~gpurender.render.passes.GamePass`)."""
         n = len(values)
         if tile0 + n > self.max_tiles:
             raise ValueError(f"{tile0 + n} frames exceed the {self.max_tiles} tiles of a pass")
@@ -241,7 +254,8 @@ class FrameRenderer:
         else:
             self._fixed_items(gl, dst, tile0, n, t_values, t_chars)
         if screens is not None:
-            p.game.render(self.t_screens, dst, tile0, n)
+            t_sal = self._saliency_maps(saliency) if saliency is not None else None
+            p.game.render(self.t_screens, dst, tile0, n, saliency=t_sal)
         lay, items, counts = gl.layout, gl.items, gl.counts
         live = (("rects", p.rects, lay.n_static_rects, None), ("edges", p.edges, 0, None),
                 ("nodes", p.nodes, 0, None), ("glyphs", p.text, lay.n_static_slots, t_chars))
@@ -282,6 +296,12 @@ class FrameRenderer:
         data = self.fbo_rgb.read(viewport=(0, 0, PANEL_W, FRAME_H * n), components=4, alignment=1)
         return np.frombuffer(data, np.uint8).reshape(n, FRAME_H, PANEL_W, 4)
 
+    def read_rgba(self, n: int) -> np.ndarray:
+        """Tiles ``0..n-1`` whole: (n, 540, 960, 4) uint8 RGBA, rows top-down."""
+        self.finish()
+        data = self.fbo_rgb.read(viewport=(0, 0, FRAME_W, FRAME_H * n), components=4, alignment=1)
+        return np.frombuffer(data, np.uint8).reshape(n, FRAME_H, FRAME_W, 4)
+
     def read_rgb(self, n: int) -> np.ndarray:
         """Tiles ``0..n-1`` as (n, 540, 960, 3) uint8 RGB, rows top-down."""
         data = self.fbo_rgb.read(viewport=(0, 0, FRAME_W, FRAME_H * n), components=3, alignment=1)
@@ -290,6 +310,8 @@ class FrameRenderer:
     def close(self) -> None:
         for tex in (self.t_rgb, self.t_yuv, self.t_screens, *self._dyn.values()):
             tex.release()
+        if self._t_saliency is not None:
+            self._t_saliency.release()
         for gl in self._layouts.values():
             for tex in gl.items.values():
                 tex.release()
