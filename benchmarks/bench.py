@@ -229,6 +229,13 @@ def measure(cmd: list[str], log: Path) -> Measured:
 # -- checkpoints -----------------------------------------------------------------------------------
 
 
+def write_results(stem: Path, result: dict, markdown_text: str) -> None:
+    """``stem``.json (``result``) and ``stem``.md (``markdown_text``), the folder made if needed."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown_text)
+
+
 def source_checkpoints(tmp: Path) -> tuple[list[Path], str]:
     """The bundled demo milestones in training order, or (if absent) an untrained PPO CnnPolicy
     Breakout agent."""
@@ -716,8 +723,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     out = results_folder(args.quick, args.results_dir)
     stem = out / name
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(result, stage_rows))
+    write_results(stem, result, markdown(result, stage_rows))
     made = [f"{stem}.md", f"{stem}.json"]
     if e2e and plot(e2e, stem.with_suffix(".png"), f"gpurender vs baseline — {name}, {args.seconds:g} s clips",
                    info["cores"]):

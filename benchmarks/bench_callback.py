@@ -17,7 +17,6 @@ video was done. Environment creation is outside the timing. Results go to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import socket
@@ -205,6 +204,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
+    from bench import write_results
     from bench_stages import machine_info
 
     if args.threads:
@@ -232,10 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     result = {"name": args.name, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": info,
               "settings": settings, "summary": summary(runs, args.cases), "runs": [asdict(r) for r in runs]}
-    args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = args.results_dir / f"callback-{args.name}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(result))
+    write_results(stem, result, markdown(result))
     s = result["summary"]
     if "callback" in s and s["callback"]["overhead_pct"] is not None:
         print(f"callback: training {s['callback']['train_s']:.1f} s vs {s['plain']['train_s']:.1f} s plain: "

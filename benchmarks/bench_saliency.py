@@ -20,7 +20,6 @@ Writes ``saliency-<name>.md`` and ``.json`` to ``--results-dir`` (``benchmarks/r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess
@@ -42,6 +41,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from baseline_saliency import PaperModel, saliency_frame  # noqa: E402
+from bench import write_results  # noqa: E402
 from bench_stages import machine_info  # noqa: E402
 
 from gpurender.agents import Agent, pick_device  # noqa: E402
@@ -224,10 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         "agreement": agreement,
         "note": args.note,
     }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = args.results_dir / f"saliency-{args.name}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(result))
+    write_results(stem, result, markdown(result))
     for c in results:
         ratio = "" if c["x_baseline"] is None else f"  ({c['x_baseline']:.1f}x baseline)"
         print(f"{c['tool']:17s} {c['method']:12s} x{c['milestones']:<3d} {c['frames_per_s']:8.2f} frames/s "

@@ -14,7 +14,6 @@ cluster outside one binds the machine's interface. Results go to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import socket
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import ROOT, machine, measure, milestone_dir, source_checkpoints
+from bench import ROOT, machine, measure, milestone_dir, source_checkpoints, write_results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,10 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"name": args.name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": info,
               "checkpoints": described, "milestones": args.milestones, "seconds": args.seconds,
               "repeat": args.repeat, "cores": cores, "rows": rows, "argv": sys.argv[1:]}
-    args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = args.results_dir / f"scaling-{args.name}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(result))
+    write_results(stem, result, markdown(result))
     print(markdown(result))
     return 0
 
