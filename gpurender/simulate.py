@@ -180,6 +180,8 @@ def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], env
         from gpurender.rollout import Rollout, forward_units
 
         device = pick_device(cfg.device)
+        # --stochastic samples from torch's generator: seeded, the same command gives the same videos
+        torch.manual_seed(cfg.seed)
         if device.type == "cpu":
             # small batches gain little from intra-op threads; drawing and encoding need the cores
             torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 4)))
