@@ -25,7 +25,10 @@ from gpurender.render.layout import (
     BAR_BG,
     CYAN,
     DIM,
+    HEADER,
+    HEADER_H,
     PANEL_W,
+    RULE,
     WHITE,
     YELLOW,
     Items,
@@ -46,16 +49,11 @@ FACES = {
     "small": (False, 16),
 }
 """The faces of the progress video's glyph atlas (a text pass holds at most 8)."""
-HEADER = (0.09, 0.1, 0.16, 1.0)
-"""The panel header's colour: a caption box covers the header of its milestone's panel."""
-RULE = (0.25, 0.3, 0.45, 1.0)
 GRID_LINE = (0.14, 0.16, 0.23, 1.0)
-POINT = (0.45, 0.85, 1.0)
+POINT = CYAN[:3]
 """A finished game on the chart (a disc of the node pass)."""
-MEAN = (1.0, 0.86, 0.1)
+MEAN = YELLOW[:3]
 """A milestone's mean on the chart: a bar, and the line through the milestones' means."""
-HEADER_H = 54
-"""The panel's header band, frame pixels (layout.py draws it)."""
 
 
 class Sheet:

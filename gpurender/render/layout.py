@@ -33,6 +33,12 @@ FACES = {
 WHITE = (0.92, 0.94, 0.98, 1.0)
 DIM = (0.62, 0.66, 0.75, 1.0)
 CYAN = (0.45, 0.85, 1.0, 1.0)
+HEADER = (0.09, 0.1, 0.16, 1.0)
+"""The panel's title band."""
+HEADER_H = 54
+"""The title band's height (frame pixels)."""
+RULE = (0.25, 0.3, 0.45, 1.0)
+"""Separator lines."""
 YELLOW = (1.0, 0.86, 0.1, 1.0)
 NONE = (0.0, 0.0, 0.0, 0.0)
 BAR = (0.27, 0.52, 0.92, 1.0)
@@ -215,9 +221,9 @@ class PanelLayout:
 
     def _build(self, spec: PanelSpec) -> None:
         r = self.rects
-        r.add((0, 0, PANEL_W, 54), (0.09, 0.1, 0.16, 1.0))
-        r.add((0, 54, PANEL_W, 1), (0.25, 0.3, 0.45, 1.0))
-        r.add((PANEL_W - 1, 0, 1, FRAME_H), (0.25, 0.3, 0.45, 1.0))
+        r.add((0, 0, PANEL_W, HEADER_H), HEADER)
+        r.add((0, HEADER_H, PANEL_W, 1), RULE)
+        r.add((PANEL_W - 1, 0, 1, FRAME_H), RULE)
         self._text("title", 12, 7, "title", 52)
         self._text("subtitle", 12, 32, "small", 66, DIM)
 
@@ -259,7 +265,7 @@ class PanelLayout:
             r.add((12 + i * step_a, 204, step_a - 1, 9), NONE, NONE, (self.slot_hist_actions + i, -1, -1, MODE_PALETTE))
         self._text("score_head", 12, 218, "tiny", min(64, chars), DIM)
         graph_top = 218 + self.atlas.fonts["tiny"].cell_h + 1  # a pixel under the heading's glyph cells
-        r.add((12, 258, width, 1), (0.25, 0.3, 0.45, 1.0))
+        r.add((12, 258, width, 1), RULE)
         for i in range(HISTORY_SCORES):
             r.add((12 + i * step_s, graph_top, step_s, 258 - graph_top), (0.3, 0.8, 0.5, 1.0), NONE,
                   (self.slot_hist_scores + i, -1, -1, MODE_HEIGHT))
@@ -270,7 +276,7 @@ class PanelLayout:
         legend = f"{EDGES_PER_NODE} strongest inputs per node"
         head_w = self.atlas.fonts["head"].cell_w
         self._text("net_legend", 12 + (len(net_head) + 1) * head_w, 274, "tiny", len(legend), DIM, static=legend)
-        r.add((0, 264, PANEL_W, 1), (0.25, 0.3, 0.45, 1.0))
+        r.add((0, 264, PANEL_W, 1), RULE)
         k_cols = len(self.layers)
         xs = [44 + i * (PANEL_W - 88) / (k_cols - 1) for i in range(k_cols)]
         centers: list[list[tuple[float, float, float]]] = []

@@ -21,6 +21,7 @@ from gpurender.render.layout import (
     FRAME_W,
     GAME_RECT,
     PALETTE,
+    RULE,
     SALIENCY_ACTOR,
     SALIENCY_ALPHA,
     SALIENCY_CRITIC,
@@ -403,7 +404,7 @@ class TextBoxPass(Pass):
 
     PAD, LINE_GAP = 14, 3
     FILL: RGBA = (0.03, 0.035, 0.06, 0.94)
-    RULE: RGBA = (0.25, 0.3, 0.45, 1.0)
+    RULE: RGBA = RULE
 
     def __init__(self, rects: RectsPass, text: TextPass, lines: Sequence[TextLine], width: int) -> None:
         super().__init__(text.ctx)
