@@ -24,6 +24,7 @@ from gpurender.config import RenderConfig
 from gpurender.errors import GpurenderError
 from gpurender.outputs import write_atomic
 from gpurender.shards import CORES_PER_PIPELINE, Shard, job_title, plan_shards
+from gpurender.trace import saliency_path
 
 if TYPE_CHECKING:
     from gpurender.games import Game
@@ -144,7 +145,7 @@ def _remove_dead_tasks_folders() -> None:
 def _render_task(cfg: RenderConfig, game_name: str, shard: Shard, progress: Any,
                  *checkpoints: bytes) -> tuple[RenderReport, dict[str, bytes]]:
     """One shard on a Ray worker, in a temporary folder of its node: -> its report and the bytes
-    of every finished video and trace, by file name."""
+    of every finished video, trace and saliency maps file, by file name."""
     from gpurender.encode import configure_opencv_threads
     from gpurender.games import resolve_game
     from gpurender.pipeline import render_shard
@@ -172,6 +173,9 @@ def _render_task(cfg: RenderConfig, game_name: str, shard: Shard, progress: Any,
             files[v.path.name] = v.path.read_bytes()
             if v.trace is not None:
                 files[v.trace.name] = v.trace.read_bytes()
+                maps = saliency_path(v.path)
+                if maps.exists():
+                    files[maps.name] = maps.read_bytes()
         return report, files
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -187,7 +191,8 @@ def render_on_ray(cfg: RenderConfig, game: Game, todo: Sequence[Milestone], call
                   digests: _Digests) -> RenderReport:
     """Render ``todo`` as Ray tasks (``cfg.workers`` of them; ``auto``: one per
     :data:`~gpurender.shards.CORES_PER_PIPELINE` CPUs or GPU of the cluster) and write their
-    videos, traces and sidecars into ``cfg.output_dir``; -> the merged report."""
+    videos, traces (and their saliency maps) and sidecars into ``cfg.output_dir``; -> the merged
+    report."""
     ray = import_ray()
     owned = connect(cfg.ray_address)
     try:
@@ -270,6 +275,9 @@ def _collect(ray: Any, ref: Any, shard: Shard, cfg: RenderConfig, game: Game, di
         if v.trace is not None:
             v.trace = output_dir / v.trace.name
             write_atomic(v.trace, files[v.trace.name])
+            maps = saliency_path(v.path)
+            if maps.name in files:
+                write_atomic(maps, files[maps.name])
     write_sidecars(cfg, game, report, digests)
     return report
 

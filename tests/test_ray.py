@@ -12,9 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 from _video import REPO, cli_env, decode, message_lines, run_cli
+
+from gpurender.trace import saliency_path
 
 pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'gpurender[ray]'")
 
@@ -130,3 +133,21 @@ kill -INT $pid; wait $pid; echo "rc2=$?"
     assert "rc2=130" in proc.stdout, proc.stdout + proc.stderr
     assert "gpurender: interrupted" in "\n".join(message_lines(proc.stderr))
     assert [p.name for p in cancelled.iterdir()] == [], "a cancelled render left files behind"
+
+
+def test_saliency_maps_come_back_from_the_tasks(tmp_path: Path):
+    """``--trace --saliency``: each video's ``.saliency.npy`` is written by the driver, equal to
+    the one a local render writes."""
+    want, got = tmp_path / "one-pipeline", tmp_path / "ray"
+    flags = "--demo --milestones 100 --device cpu --quiet --clip-seconds 1 --trace --saliency gradient"
+    ref = run_cli("render", *flags.split(), "--workers", "1", "--output-dir", want)
+    assert ref.returncode == 0, ref.stderr
+    proc = subprocess.run(_in_netns(f"exec {sys.executable} -m gpurender render {flags} --ray --output-dir {got}"),
+                          capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (video,) = sorted(want.glob("*.mp4"))
+    maps = np.load(saliency_path(got / video.name))
+    assert maps.shape == (30, 2, 84, 84)
+    assert np.array_equal(maps, np.load(saliency_path(video)))
+    hidden = [p.name for p in got.iterdir() if p.name.startswith(".")]
+    assert hidden == [], f"partial or lock files left behind: {hidden}"
