@@ -14,7 +14,7 @@ from typing import Any
 
 from gpurender.config import RenderConfig
 from gpurender.outputs import write_atomic
-from gpurender.trace import trace_path
+from gpurender.trace import saliency_path, trace_path
 
 
 def sidecar_path(video: Path) -> Path:
@@ -48,7 +48,7 @@ def video_settings(cfg: RenderConfig, game: str, env_index: int, checkpoint_sha2
 
 def stale_reason(video: Path, wanted: dict[str, Any], trace: bool) -> str | None:
     """Why the existing ``video`` does not answer this run (None: it does and may be kept).
-    ``trace``: the run also wants the video's trace file."""
+    ``trace``: the run also wants the video's trace file (and, with saliency on, its maps)."""
     side = sidecar_path(video)
     try:
         made = json.loads(side.read_text())
@@ -61,6 +61,8 @@ def stale_reason(video: Path, wanted: dict[str, Any], trace: bool) -> str | None
         return "made with other settings: " + ", ".join(differ)
     if trace and not trace_path(video).exists():
         return "it has no trace"
+    if trace and wanted.get("saliency", "off") != "off" and not saliency_path(video).exists():
+        return f"it has no {saliency_path(video).name}"
     return None
 
 

@@ -82,6 +82,24 @@ def test_rerun_keeps_matching_videos_and_rerenders_changed_ones(ppo_checkpoint: 
     assert json.loads(video.with_suffix(".json").read_text())["seed"] == 5
 
 
+def test_rerun_rerenders_a_video_missing_its_trace_or_saliency_maps(ppo_checkpoint: Path, tmp_path: Path, caplog):
+    """A ``--trace --saliency`` video is finished only with its trace and its ``.saliency.npy``."""
+    from gpurender.trace import saliency_path, trace_path
+
+    cfg = RenderConfig(model_dir=(ppo_checkpoint,), output_dir=tmp_path, clip_seconds=1, fps=10, device="cpu",
+                       trace=True, saliency="gradient")
+    (video,) = [v.path for v in render(cfg, progress=False).videos]
+    assert render(cfg, progress=False).frames == 0
+    caplog.set_level("WARNING", logger="gpurender.pipeline")
+    for missing, reason in ((saliency_path(video), f"it has no {saliency_path(video).name}"),
+                            (trace_path(video), "it has no trace")):
+        missing.unlink()
+        again = render(cfg, progress=False)
+        assert [v.skipped for v in again.videos] == [False] and again.frames == 10
+        assert reason in caplog.text and missing.exists()
+    assert render(cfg, progress=False).frames == 0
+
+
 def test_simulation_dies_with_a_killed_render(ppo_checkpoint: Path, tmp_path: Path):
     """SIGKILL of the render (no handler can run) while its simulation waits for the drawer to
     free a slot: the simulation child does not outlive it."""
