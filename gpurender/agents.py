@@ -341,6 +341,31 @@ class Agent:
         probs, q, value, levels = run(obs_t)
         return StepOutputs(self._select(probs, q, self.exploration_rate), value, probs, q, levels)
 
+    def attribute(self, obs: torch.Tensor | np.ndarray) -> StepOutputs:
+        """:meth:`act`, with the raw node levels replaced by raw attributions toward the executed
+        action (``--network-view attribution``): per displayed node, the sum of activation x
+        gradient of that action's logit (DQN: its Q-value; QR-DQN: its mean over quantiles) over
+        the units and positions the node stands for; input nodes sum each frame's preprocessed
+        pixels x their gradient. Signed: positive pushed toward the action, negative away.
+        Output nodes keep the probabilities. Actions, probabilities, Q-values and value are
+        :meth:`act`'s own, bit for bit (one more forward, eager, with autograd)."""
+        out = self.act(obs)
+        obs_t = torch.as_tensor(obs, device=self.device)
+        with torch.enable_grad():
+            x = self.preprocess(obs_t).requires_grad_(True)
+            logits, _ = policy_heads(self.policy, self.algo, [f(x) for f in feature_extractors(self.policy, self.algo)])
+            taps = list(self._taps)
+            target = logits.gather(1, out.actions[:, None]).sum()  # rows are independent: one backward
+            grads = torch.autograd.grad(target, [x, *taps])
+        cols = [(x * grads[0]).detach().sum(dim=(2, 3))]
+        for layer, act, grad in zip(self.layers[1:-1], taps, grads[1:], strict=True):
+            per_unit = (act * grad).detach()
+            per_unit = per_unit.flatten(2).sum(dim=2) if per_unit.dim() > 2 else per_unit
+            cols.append(torch.stack([g.sum(dim=1) for g in per_unit.tensor_split(layer.nodes, dim=1)], dim=1))
+        cols.append(out.probs)
+        self._taps = [None] * len(self._taps)  # the graph's tensors: not kept past this call
+        return out._replace(levels=torch.cat(cols, dim=1))
+
     def _forward_eager(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
                                                              torch.Tensor]:
         """-> probs, q_values, value, raw node levels: :meth:`_forward_raw`, then the taps' means."""

@@ -15,7 +15,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gpurender.config import BACKENDS, ENCODERS, X264_PRESETS, PreviewConfig, RenderConfig, merge, read_yaml_config
+from gpurender.config import (
+    BACKENDS,
+    ENCODERS,
+    NETWORK_VIEWS,
+    X264_PRESETS,
+    PreviewConfig,
+    RenderConfig,
+    merge,
+    read_yaml_config,
+)
 from gpurender.errors import GpurenderError
 
 INTERRUPTED = "gpurender: interrupted; unfinished videos were removed, finished ones kept"
@@ -76,6 +85,7 @@ def _job(p: argparse.ArgumentParser, output_dir: Path, clip_seconds: float, prog
                    help="saliency maps over the game: the actor's in cyan, the critic's in magenta, each scaled "
                    "by its running maximum in the video; perturbation (Greydanus et al. 2018) or gradient "
                    "(default off)")
+    _views(p)
     p.add_argument("--workers", type=_workers, metavar="N|auto",
                    help="split the job into N pipelines (processes, GL contexts, encoders) balanced by frames; "
                    "auto: from the cores, GPUs and memory; with --ray, the number of Ray tasks (default 1)" + one)
@@ -86,6 +96,17 @@ def _job(p: argparse.ArgumentParser, output_dir: Path, clip_seconds: float, prog
     p.add_argument("--stack-forwards", choices=tuple(STACK_FORWARDS),
                    help="run milestones of one architecture as one stacked forward: auto (on CUDA only), "
                    "on, off (default auto)")
+
+
+def _views(p: argparse.ArgumentParser) -> None:
+    """What the panel shows besides the model's outputs (render, progress, demo, preview)."""
+    p.add_argument("--network-view", choices=NETWORK_VIEWS,
+                   help="the network diagram: activations (each node's mean activation) or attribution (each "
+                   "node's activation x gradient of the executed action's logit, toward it in green, against "
+                   f"it in red) (default {_DEFAULT.network_view})")
+    p.add_argument("--hud", action="store_true", default=None,
+                   help="a panel line with the render's frames/s and each step's inference and drawing "
+                   "milliseconds (two renders of one seed then differ)")
 
 
 def _layout(p: argparse.ArgumentParser, default_note: str) -> None:
@@ -152,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="H.264 encoder for recordings (default auto)")
     pv.add_argument("--saliency", metavar="off|perturbation|gradient",
                     help="saliency maps over the game, as gpurender render draws them (default off)")
+    _views(pv)
     pv.add_argument("--max-frames", type=int, default=PreviewConfig.max_frames, metavar="N",
                     help="close after N frames (default 0: when the window is closed)")
 
@@ -200,7 +222,7 @@ def _job_flags(args: argparse.Namespace) -> dict[str, Any]:
     """RenderConfig fields from the options of :func:`_job` and :func:`_render_only` present in ``args``."""
     out = _flags(args, "output_dir", "clip_seconds", "fps", "seed", "device", "encoder", "force", "trace",
                  "envs_per_milestone", "crf", "preset", "workers", "ray_address", "progress_video", "progress_layout",
-                 "saliency")
+                 "saliency", "network_view", "hud")
     stack = getattr(args, "stack_forwards", None)
     if stack is not None:
         out["stack_forwards"] = STACK_FORWARDS[stack]

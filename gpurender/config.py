@@ -21,6 +21,8 @@ PROGRESS_LAYOUTS = ("grid", "sequence")
 """The progress video's layouts: the milestones side by side, or one after another."""
 SALIENCY = ("off", "perturbation", "gradient")
 """``--saliency``: no maps, or the methods of :mod:`gpurender.saliency` (its ``METHODS``)."""
+NETWORK_VIEWS = ("activations", "attribution")
+"""``--network-view``: what the network diagram's nodes and edges show."""
 CRF_RANGE = (0, 51)
 """libx264's CRF range (NVENC's CQ takes the same numbers)."""
 
@@ -118,6 +120,15 @@ class RenderConfig:
     """Saliency maps over the game (:mod:`gpurender.saliency`): ``off``, ``perturbation`` (Greydanus et
     al. 2018) or ``gradient``; the actor's map in cyan, the critic's in magenta, each divided by its
     running maximum in the video."""
+    network_view: str = "activations"
+    """What the network diagram shows: ``activations`` (each node's mean activation, each edge its
+    weight x its source's level) or ``attribution`` (each node's activation x gradient of the
+    executed action's logit, signed, in two colours; each edge its weight x its source's
+    attribution)."""
+    hud: bool = False
+    """A panel line with the render's frames/s and each step's inference and drawing
+    milliseconds (the original tool's "performance metrics"); off by default, since two renders of
+    one seed then differ."""
     workers: int | str = 1
     """Pipelines the job is split into (each its own simulation process, GL context and encoders),
     balanced by frames; ``"auto"`` picks from the machine's cores, GPUs and memory
@@ -152,6 +163,7 @@ class RenderConfig:
             "max_tiles": _whole("max_tiles", self.max_tiles, "must be at least 1", 1),
             "progress_layout": _one_of("progress_layout", self.progress_layout, PROGRESS_LAYOUTS),
             "saliency": _one_of("saliency", self.saliency, SALIENCY),
+            "network_view": _one_of("network_view", self.network_view, NETWORK_VIEWS),
         }
         if self.milestones is not None:
             checked["milestones"] = tuple(str(m) for m in self.milestones)
@@ -271,5 +283,5 @@ def merge(base: RenderConfig, overrides: dict[str, Any]) -> RenderConfig:
     return replace(base, **{k: v for k, v in overrides.items() if k in names and v is not None})
 
 
-__all__ = ["BACKENDS", "ENCODERS", "PROGRESS_LAYOUTS", "SALIENCY", "X264_PRESETS", "ConfigError", "PreviewConfig",
-           "RenderConfig", "flag", "merge", "read_yaml_config"]
+__all__ = ["BACKENDS", "ENCODERS", "NETWORK_VIEWS", "PROGRESS_LAYOUTS", "SALIENCY", "X264_PRESETS", "ConfigError",
+           "PreviewConfig", "RenderConfig", "flag", "merge", "read_yaml_config"]

@@ -20,13 +20,14 @@ class MilestonePanel:
     """The panel of one milestone's videos (one row per env of the milestone in every array)."""
 
     def __init__(self, milestone: Milestone, agent: AgentInfo, game: Game, renderer: FrameRenderer,
-                 saliency: str = "off") -> None:
+                 saliency: str = "off", network_view: str = "activations", hud: bool = False) -> None:
+        """``saliency``, ``network_view``, ``hud``: as :class:`~gpurender.config.RenderConfig` has them."""
         self.milestone, self.agent = milestone, agent
         self.names = action_meanings(game)
         self.columns = StepColumns.of(agent)
         """How this agent's rows are laid out in a :class:`~gpurender.protocol.Step`'s outputs."""
         self.spec = PanelSpec(game.title, agent.algo, self.names, tuple(agent.layers), milestone.display,
-                              milestone.pct is not None, agent.learning_rate, saliency)
+                              milestone.pct is not None, agent.learning_rate, saliency, network_view, hud)
         self.layout = renderer.layout(self.spec)
         self.base_chars = self.layout.static_chars(self.spec)
         self.edge_values = self.layout.edge_values(agent.edge_weights)
@@ -77,8 +78,9 @@ class MilestonePanel:
         return texts
 
     def pack(self, t: int, n_frames: int, out: StepOutputs, scores: np.ndarray,
-             lives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """-> (values, chars) for the renderer, one row per env of this milestone."""
+             lives: np.ndarray, hud: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """-> (values, chars) for the renderer, one row per env of this milestone. ``hud``: the
+        performance line (:func:`~gpurender.render.layout.hud_text`), shown where the panel has one."""
         n = len(out.actions)
         hist_actions, hist_scores, peak = self._remember(out.actions, scores)
         values = self.layout.values(out.actions, out.probs, out.levels,
@@ -88,5 +90,7 @@ class MilestonePanel:
         for k in range(n):
             texts = self.texts(t, n_frames, out, k, float(scores[k]), int(lives[k]))
             texts["score_head"] = self.layout.score_head(float(peak[k]))
+            if self.spec.hud:
+                texts["hud"] = hud
             rows.append(self.layout.frame_chars(self.base_chars, texts))
         return values, np.stack(rows)

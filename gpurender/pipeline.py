@@ -29,6 +29,7 @@ from gpurender.panel import MilestonePanel
 from gpurender.progress import ProgressPlan, ProgressResult, ProgressVideo, plan_progress, write_progress_sidecar
 from gpurender.protocol import Done, Step
 from gpurender.render import FrameRenderer
+from gpurender.render.layout import hud_text
 from gpurender.sidecar import sha256, stale_reason, video_settings, write_sidecar
 from gpurender.simulate import SimulationProcess, play_phases
 from gpurender.trace import TraceWriter, trace_path
@@ -432,7 +433,12 @@ class _Job:
         # pack, gl (draw + convert + read back), encode_wait (encoder queues full), draw_starved
         self.stage_seconds = dict.fromkeys(
             ("infer", "env", "sim_blocked", "pack", "gl", "encode_wait", "draw_starved"), 0.0)
-        self.panels = [MilestonePanel(m, info, game, renderer, cfg.saliency) for m, info in loaded]
+        self.panels = [MilestonePanel(m, info, game, renderer, cfg.saliency, cfg.network_view, cfg.hud)
+                       for m, info in loaded]
+        self.hud_since: float | None = None
+        """``--hud``: when the first step arrived (its frames/s counts from there)."""
+        self.draw_ms: float | None = None
+        """``--hud``: GL milliseconds per frame of the latest pass (draw, convert, read back)."""
         self.saliency = cfg.saliency != "off"
         self.phases = play_phases(cfg, len(loaded))
         # frames are drawn grouped by layout so each group is one run of tiles
@@ -473,13 +479,14 @@ class _Job:
         others); writes the trace lines."""
         shown: list[_Tile] = []
         others: list[_Tile] = []
+        hud = self._hud(d) if self.cfg.hud else ""
         for j, i in enumerate(phase):
             if not self.drawn[i]:
                 continue
             panel = self.panels[i]
             rows = [j * self.e_per + k for k in self.drawn[i]]
             out = panel.unpack(d.outputs[rows])
-            values, chars = panel.pack(d.t, self.cfg.frames, out, d.scores[rows], d.lives[rows])
+            values, chars = panel.pack(d.t, self.cfg.frames, out, d.scores[rows], d.lives[rows], hud)
             cell = self._cell(i)
             for n, (k, row) in enumerate(zip(self.drawn[i], rows, strict=True)):
                 g = i * self.e_per + k
@@ -491,6 +498,15 @@ class _Job:
                     self.traces[g].write(d.t, out, n, d.rewards[row], d.scores[row], d.lives[row],
                                          None if maps is None else (maps, d.saliency_scale[row]))
         return shown, others
+
+    def _hud(self, d: Step) -> str:
+        """The ``--hud`` line of step ``d``'s frames: this job's frames/s so far, the step's model
+        milliseconds, the latest pass's GL milliseconds per frame."""
+        now = time.perf_counter()
+        if self.hud_since is None:
+            self.hud_since = now
+        fps = self.frames_done / (now - self.hud_since) if self.frames_done else None
+        return hud_text(fps, d.infer_ms, self.draw_ms)
 
     def _draw_steps(self, steps: list[Step], phase: Sequence[int]) -> None:
         """Draw and hand to the encoders (and the progress video) every drawn env's frame of
@@ -533,7 +549,9 @@ class _Job:
                     frames = r.read_panels(len(chunk)) if r.software else r.read_yuv(len(chunk))
             if self.progress is not None:
                 self._compose(chunk)
-            self.stage_seconds["gl"] += time.perf_counter() - t0
+            gl = time.perf_counter() - t0
+            self.stage_seconds["gl"] += gl
+            self.draw_ms = 1000.0 * gl / len(chunk)
             t0 = time.perf_counter()
             for tile, c in coded:
                 self.encoders[c.env].submit((frames[tile], c.screen) if r.software and not whole else frames[tile])

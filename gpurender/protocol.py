@@ -66,7 +66,8 @@ class StepOutputs(NamedTuple):
     """(B, A) Q-values for value-based agents, else None."""
     levels: Any
     """(B, nodes): node levels of every displayed layer, concatenated — raw group means out of
-    the model, [0, 1] brightness once a :class:`LevelNormaliser` has scaled them."""
+    the model (or attributions, :meth:`~gpurender.agents.Agent.attribute`), [0, 1] brightness
+    ([-1, 1] for attributions) once a :class:`LevelNormaliser` has scaled them."""
 
     def pack(self) -> torch.Tensor:
         """One float32 row per env (leading axes flattened), left on the tensors' device: the
@@ -102,13 +103,16 @@ class StepOutputs(NamedTuple):
 
 
 class LevelNormaliser:
-    """Running per-layer maximum that maps raw node levels to [0, 1] brightness.
+    """Per-layer maximum that maps raw node levels to displayed ones in [-1, 1].
 
-    Hidden and input layers are divided by the largest node level that layer has reached so far in
-    this video, so brightness is stable and comparable within a video, and a video depends on
-    nothing but its own env (not on the other envs or milestones it was rendered beside); output
-    nodes (probabilities) are shown as they are. Levels are shaped (..., envs, nodes): (B, nodes)
-    for one agent, (M, B, nodes) for an :class:`~gpurender.agents.AgentStack` of M.
+    Activations: hidden and input layers are divided by the largest level that layer has reached
+    so far in this video (a running maximum), so brightness is stable and comparable within a
+    video. Attributions (``--network-view attribution``, signed): each layer is divided by its
+    largest |attribution| in this frame, so every frame shows which nodes pushed its action most.
+    Either way a video depends on nothing but its own env (not on the other envs or milestones it
+    was rendered beside), and output nodes (probabilities) are shown as they are. Levels are
+    shaped (..., envs, nodes): (B, nodes) for one agent, (M, B, nodes) for an
+    :class:`~gpurender.agents.AgentStack` of M.
     """
 
     def __init__(self, node_counts: list[int]) -> None:
@@ -120,23 +124,30 @@ class LevelNormaliser:
         self.running: torch.Tensor | None = None
         """(..., envs, layers) each video's running maximum, made at the first call."""
 
-    def __call__(self, levels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, levels: torch.Tensor, signed: bool = False) -> torch.Tensor:
+        """``levels`` scaled: activations by the running maximum, ``signed`` attributions by this
+        frame's largest magnitude (the running maximum is then left alone)."""
         import torch
 
         scaled = levels[..., : self.n_scaled]
-        if self.running is None:
-            self.running = torch.zeros(*scaled.shape[:-1], self.layers, device=levels.device)
-        if self.running.device != levels.device:
-            self.running = self.running.to(levels.device)
         if self.layer_of_node.device != levels.device:
             self.layer_of_node = self.layer_of_node.to(levels.device)
-        self.running = self.running.scatter_reduce(-1, self.layer_of_node.expand_as(scaled), scaled, "amax")
-        scale = self.running.clamp_min(1e-6)[..., self.layer_of_node]
-        return torch.cat([scaled / scale, levels[..., self.n_scaled :]], dim=-1).clamp_(0.0, 1.0)
+        index = self.layer_of_node.expand_as(scaled)
+        if signed:
+            zero = torch.zeros(*scaled.shape[:-1], self.layers, device=levels.device)
+            peak = zero.scatter_reduce(-1, index, scaled.abs(), "amax")
+        else:
+            if self.running is None:
+                self.running = torch.zeros(*scaled.shape[:-1], self.layers, device=levels.device)
+            if self.running.device != levels.device:
+                self.running = self.running.to(levels.device)
+            peak = self.running = self.running.scatter_reduce(-1, index, scaled, "amax")
+        scale = peak.clamp_min(1e-6)[..., self.layer_of_node]
+        return torch.cat([scaled / scale, levels[..., self.n_scaled :]], dim=-1).clamp_(-1.0, 1.0)
 
-    def outputs(self, out: StepOutputs) -> StepOutputs:
-        """``out`` with its raw levels replaced by displayed ones."""
-        return out._replace(levels=self(out.levels))
+    def outputs(self, out: StepOutputs, signed: bool = False) -> StepOutputs:
+        """``out`` with its raw levels replaced by displayed ones (``signed``: attributions)."""
+        return out._replace(levels=self(out.levels, signed))
 
 
 class SaliencyNormaliser:
@@ -197,6 +208,9 @@ class Step(NamedTuple):
     saliency: np.ndarray | None = None
     """With ``--saliency``: (envs, 2, 84, 84) float16 actor and critic maps in [0, 1]; travel
     through shared memory beside the screens, filled in on receipt."""
+    infer_ms: float = 0.0
+    """Milliseconds this step's model work took in the simulation process: the forwards (with
+    ``--network-view attribution`` their backwards) and the saliency maps (``--hud``)."""
 
 
 class Done(NamedTuple):

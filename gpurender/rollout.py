@@ -77,10 +77,12 @@ class Rollout:
     The frame at index ``t`` shows :attr:`state` (observation, screens, lives) and
     :attr:`scores` ``.current``; :meth:`act` runs the forwards on it and :meth:`advance` plays the
     chosen actions. ``units`` may be replaced between steps (the preview hands one game from agent
-    to agent)."""
+    to agent). ``attribution``: node levels are attributions toward the executed actions
+    (:meth:`Agent.attribute <gpurender.agents.Agent.attribute>`; units of single agents only)."""
 
-    def __init__(self, env: AtariBatch, units: Sequence[ForwardUnit], device: torch.device) -> None:
-        self.env, self.units, self.device = env, list(units), device
+    def __init__(self, env: AtariBatch, units: Sequence[ForwardUnit], device: torch.device,
+                 attribution: bool = False) -> None:
+        self.env, self.units, self.device, self.attribution = env, list(units), device, attribution
         self.state = env.reset()
         self.scores = EpisodeScores(env.num_envs)
         self.rewards = np.zeros(env.num_envs, np.float32)
@@ -96,7 +98,8 @@ class Rollout:
         packed = []
         for u in self.units:
             rows = obs[u.rows].view(*u.lead, *obs.shape[1:])
-            packed.append(u.normaliser.outputs(u.agent.act(rows)).pack())
+            out = u.agent.attribute(rows) if self.attribution else u.agent.act(rows)
+            packed.append(u.normaliser.outputs(out, signed=self.attribution).pack())
         width = max(p.shape[1] for p in packed)
         return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in packed]).cpu().numpy()
 

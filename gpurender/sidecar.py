@@ -43,6 +43,8 @@ def video_settings(cfg: RenderConfig, game: str, env_index: int, checkpoint_sha2
         "crf": cfg.crf,
         "preset": cfg.preset,
         "saliency": cfg.saliency,
+        "network_view": cfg.network_view,
+        "hud": cfg.hud,
     }
 
 

@@ -145,7 +145,9 @@ def _die_with_parent(parent: int) -> None:
 
 def stack_forwards(cfg: RenderConfig, device: torch.device) -> bool:
     """Whether milestones of one architecture share one stacked forward: as ``cfg`` says, by
-    default on CUDA only."""
+    default on CUDA only; never with ``--network-view attribution``."""
+    if cfg.network_view == "attribution":
+        return False  # attributions are one backward per agent
     return cfg.stack_forwards if cfg.stack_forwards is not None else device.type == "cuda"
 
 
@@ -208,7 +210,8 @@ def simulate(cfg: RenderConfig, game_name: str, milestones: list[Milestone], env
         sent = 0  # steps sent so far: the ring's slot counter, continuing from group to group
         for phase, phase_units, computer in zip(phases, units, computers, strict=True):
             seeds = [cfg.seed + e for _ in phase for e in envs]
-            rollout = Rollout(make_atari(game, seeds, cfg.backend), phase_units, device)
+            rollout = Rollout(make_atari(game, seeds, cfg.backend), phase_units, device,
+                              attribution=cfg.network_view == "attribution")
             if not _play(cfg, rollout, out, ring, stop, stages, sent, computer):
                 return
             sent += cfg.frames
@@ -249,7 +252,7 @@ def _play(cfg: RenderConfig, rollout: Rollout, out: Channel, ring: ScreenRing, s
         if not ring.put(sent + t, state.screens, stop, maps):
             return False
         out.send(Step(t, outputs, rollout.rewards.copy(), rollout.scores.current.copy(), state.lives,
-                      saliency_scale=scale))
+                      saliency_scale=scale, infer_ms=1000.0 * (t1 - t0)))
         t2 = time.perf_counter()
         stages["sim_blocked"] += t2 - t1
         if t + 1 < cfg.frames:

@@ -1,7 +1,8 @@
 #version 330 core
-// Network nodes: a disc whose brightness is the node's activation level, an analytic glow
-// around it that grows with the level, and a ring on the executed action's output node whose
-// strength is that action's probability.
+// Network nodes: a disc whose brightness is the node's level, an analytic glow around it that
+// grows with the level, and a ring on the executed action's output node whose strength is that
+// action's probability. Levels are in [-1, 1]: a negative level (an attribution away from the
+// executed action) is drawn at its magnitude in u_negative instead of the node's colour.
 #include "common.glsl"
 
 // Alpha below which a fragment is discarded (draws nothing).
@@ -10,6 +11,7 @@ const float MIN_ALPHA = 0.004;
 #if defined VERTEX_SHADER
 uniform float u_glow_extent;    // the largest quad half-size, in radii
 uniform bool u_fit_quads;       // quads fitted to what each node draws; false: all u_glow_extent
+uniform vec3 u_negative;        // the colour of negative levels
 
 // Half-size (radii) of the square that holds every pixel this node draws: the distance at which
 // its disc, halo and ring fall below MIN_ALPHA (the fragment shader's own formulas solved for d),
@@ -33,10 +35,11 @@ void main() {
     instance_frame_item(frame, item);
     vec4 geom = item_row(item, 0);      // cx, cy, radius, level slot
     vec4 binding = item_row(item, 3);   // y/z: action match, w: probability slot or -1
-    v_level = clamp(frame_value(frame, int(geom.w)), 0.0, 1.0);
+    float level = clamp(frame_value(frame, int(geom.w)), -1.0, 1.0);
+    v_level = abs(level);
     v_ring = (item_matched(frame, binding) && binding.w >= 0.0)
         ? 0.35 + 0.65 * clamp(frame_value(frame, int(binding.w)), 0.0, 1.0) : 0.0;
-    v_color = item_row(item, 1).rgb;
+    v_color = level < 0.0 ? u_negative : item_row(item, 1).rgb;
     v_ring_color = item_row(item, 2).rgb;
     v_disc = geom.xyz;
     float extent = u_fit_quads ? visible_extent(geom.z, v_level, v_ring) : u_glow_extent;

@@ -174,3 +174,27 @@ def image_continuous_checkpoint(checkpoint_dir: Path) -> Path:
 
     return _save(PPO("CnnPolicy", ImageBoxEnv(), n_steps=8, batch_size=8, seed=8, device="cpu"),
                  checkpoint_dir / "ppo_image_continuous.zip")
+
+
+@pytest.fixture(scope="session")
+def breakout_stacks() -> np.ndarray:
+    """(3, 4, 84, 84) uint8: real Breakout stacks (SB3's wrappers) with the ball in play, from a
+    game the trained demo milestone plays."""
+    import ale_py
+    import gymnasium as gym
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    from gpurender.agents import Agent
+    from gpurender.demo import demo_checkpoints
+
+    gym.register_envs(ale_py)
+    venv = VecFrameStack(make_atari_env("BreakoutNoFrameskip-v4", n_envs=1, seed=0), n_stack=4)
+    agent, kept, o = Agent(demo_checkpoints()[-1], device="cpu"), [], venv.reset()
+    for t in range(41):
+        x = np.ascontiguousarray(np.transpose(o, (0, 3, 1, 2)))
+        if t in (20, 30, 40):
+            kept.append(x[0])
+        o, *_ = venv.step(agent.act(x).actions.numpy())
+    venv.close()
+    return np.stack(kept)

@@ -415,3 +415,29 @@ def test_preview_draws_saliency(display) -> None:
     assert (diff[:, PANEL_W:] > 30).sum() > 200  # the maps over the game
     assert (diff[FRAME_H - 13 :, : PANEL_W - 8] > 60).sum() > 100  # the legend
     assert (diff[: FRAME_H - 15, :PANEL_W] > 0).sum() == 0  # the rest of the panel is the same
+
+
+def test_preview_draws_attribution_and_hud(display) -> None:
+    from _panel import HUD, PanelReader, demo_layout, luma
+
+    from gpurender.demo import demo_checkpoints
+    from gpurender.preview import Preview
+    from gpurender.render.layout import BACKGROUND, CYAN
+
+    cfg = RenderConfig(model_dir=tuple(demo_checkpoints()), milestones=("100",), device="cpu",
+                       network_view="attribution", hud=True)
+    pv = Preview(cfg, PreviewConfig(uncapped=True, visible=False, encoder="x264"))
+    try:
+        for _ in range(4):
+            pv.step()
+        frame = pv.frame_rgb()
+        levels = pv.panel.unpack(pv.rollout.act()).levels  # the next step's: signed, scaled per frame
+    finally:
+        pv.close()
+    assert levels.min() < 0 < levels.max()
+    layout = demo_layout("attribution", hud=True)
+    y = np.asarray(luma(np.moveaxis(frame[..., :3] / 255.0, -1, 0)), np.float32)
+    text, _ = PanelReader(layout).read(y, "hud", CYAN, BACKGROUND)
+    fps, infer, draw = HUD.fullmatch(text.strip()).groups()
+    assert float(fps) > 0 and float(infer) > 0 and float(draw) > 0
+    assert PanelReader(layout).read(y, "net_head", CYAN, BACKGROUND)[0] == "Attribution (grad x activation)"

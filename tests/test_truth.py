@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _panel import PanelReader, luma
 from _video import decode
 
 from gpurender.config import RenderConfig
 from gpurender.games import resolve_game
 from gpurender.network import LayerInfo
-from gpurender.render.atlas import FIRST, LAST, GlyphAtlas
+from gpurender.render.atlas import GlyphAtlas
 from gpurender.render.layout import (
     BACKGROUND,
     BAR,
@@ -56,8 +57,6 @@ LABELS = {"PPO": "pct_100", "A2C": "pct_50", "DQN": "pct_25"}
 each is rendered as (its video is named after it). PPO and DQN are required by the tests; A2C costs
 about 4 s."""
 TOL = 1e-5
-UNREADABLE = 100.0
-"""Mean squared luma error above which a text cell matches no glyph (a clean match is under ~10)."""
 MARGIN = 25.0
 """How much worse (mean squared luma) the second-best glyph must fit every cell than the best: a
 read is certain (~100 and more where the contrast is lowest, yellow on the highlighted row)."""
@@ -65,11 +64,6 @@ read is certain (~100 and more where the contrast is lowest, yellow on the highl
 
 # ---------------------------------------------------------------------------------------------
 # Colours as the decoder gives them back: limited-range BT.601 luma and chroma
-
-
-def _luma(rgb) -> float:
-    r, g, b = rgb[:3]
-    return 16.0 + 65.481 * r + 128.553 * g + 24.966 * b
 
 
 def _cb(rgb) -> float:
@@ -299,48 +293,6 @@ def test_the_clips_cover_scoring_and_a_game_over(clips):
 # Reading the panel back from decoded pixels
 
 
-class PanelReader:
-    """Reads a layout's text fields from a luma plane glyph by glyph: each character cell is
-    matched against every printable glyph of the field's font, drawn from the atlas the renderer
-    uploads, in the field's colours."""
-
-    def __init__(self, layout: PanelLayout) -> None:
-        self.layout = layout
-        atlas = layout.atlas
-        self.glyphs: dict[str, np.ndarray] = {}
-        for key, f in atlas.fonts.items():
-            cells = []
-            for code in range(FIRST, LAST + 1):
-                k = code - FIRST
-                y0, x0 = f.origin_y + (k // 16) * f.cell_h, (k % 16) * f.cell_w
-                cells.append(atlas.image[y0 : y0 + f.cell_h, x0 : x0 + f.cell_w] / 255.0)
-            self.glyphs[key] = np.stack(cells)
-
-    def _cells(self, y: np.ndarray, name: str) -> np.ndarray:
-        f = self.layout.fields[name]
-        font = self.layout.atlas.fonts[f.font]
-        x0, y0 = int(f.x), int(f.y)
-        box = y[y0 : y0 + font.cell_h, x0 : x0 + f.length * font.cell_w]
-        return box.reshape(font.cell_h, f.length, font.cell_w).transpose(1, 0, 2)
-
-    def read(self, y: np.ndarray, name: str, fg, bg) -> tuple[str, float]:
-        """-> (the field's text, its least certain glyph's margin: how much worse the second-best
-        glyph fits than the best, in mean squared luma). Cells no glyph fits (another item drawn
-        over the field's trailing blanks) read as ``?``; trailing blanks and ``?`` are dropped."""
-        f = self.layout.fields[name]
-        lo, hi = _luma(bg), _luma(fg)
-        templates = lo + self.glyphs[f.font] * (hi - lo)  # (95, h, w)
-        cells = self._cells(y, name)  # (length, h, w)
-        dist = ((cells[:, None] - templates[None]) ** 2).mean(axis=(2, 3))  # (length, 95)
-        best = dist.argmin(axis=1)
-        fit = dist[np.arange(len(best)), best]
-        text = "".join("?" if d > UNREADABLE else chr(FIRST + i) for i, d in zip(best, fit, strict=True))
-        text = text.rstrip(" ?")
-        ordered = np.sort(dist[: len(text)], axis=1)
-        margin = float((ordered[:, 1] - ordered[:, 0]).min()) if text else 0.0
-        return text, margin
-
-
 def _rows(layout: PanelLayout) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per action: (highlight rect, bar rect) as (x, y, w, h)."""
     rows = np.asarray(layout.rects.rows, np.float64).reshape(-1, 4, 4)
@@ -370,7 +322,7 @@ def test_video_has_a_frame_per_trace_record(clips, algo):
 def _filled(y: np.ndarray, bar) -> tuple[float, int]:
     """A bar's filled length in pixels (mean over its middle rows) and the x where it starts."""
     bx, by, bw, bh = bar
-    mid = (_luma(BAR_BG) + min(_luma(BAR), _luma(YELLOW))) / 2
+    mid = (luma(BAR_BG) + min(luma(BAR), luma(YELLOW))) / 2
     band = y[int(by + bh * 0.3) : int(by + bh * 0.7) + 1, int(bx) : round(float(bx + bw))]
     return float(np.mean((band > mid).sum(axis=1))), int(bx)
 
@@ -381,7 +333,7 @@ def test_only_the_executed_actions_row_is_highlighted(clips, algo):
     a plain background and a blue bar. At spread frames and where the action changes."""
     clip = clips[algo]
     rows = _rows(clip.layout)
-    hi_y, lo_y = _luma(HILITE_BG), _luma(BACKGROUND)
+    hi_y, lo_y = luma(HILITE_BG), luma(BACKGROUND)
     actions = clip.column("action")
     changes = np.flatnonzero(np.diff(actions)) + 1
     frames = sorted(set(_probe_frames(clip, 20)) | set(changes[:20].tolist()))
@@ -495,7 +447,7 @@ def test_value_text_matches_the_renderer_drawing_the_trace_value_only(clips):
         chars = np.stack([lay.frame_chars(base, {"value": f"Value Est: {v:>12.3f}"}) for v in shown])
         renderer.begin(n, game=False)
         renderer.draw(spec, values, chars, None)
-        drawn = [_luma(np.moveaxis(img[..., :3] / 255.0, -1, 0)) for img in renderer.read_panels(n)]
+        drawn = [luma(np.moveaxis(img[..., :3] / 255.0, -1, 0)) for img in renderer.read_panels(n)]
     reader = PanelReader(layout)
     decoded = reader._cells(clip.planes(t)[0], "value")
     for i, (v, y) in enumerate(zip(shown, drawn, strict=True)):

@@ -26,6 +26,7 @@ from gpurender.preview.overlay import HelpOverlay
 from gpurender.preview.window import Command, KeyBinding, Pacer, Window, key_binding, letterbox
 from gpurender.protocol import SaliencyNormaliser
 from gpurender.render import FrameRenderer
+from gpurender.render.layout import hud_text
 from gpurender.render.passes import PresentPass
 from gpurender.rollout import ForwardUnit, Rollout, forward_units
 from gpurender.saliency import SaliencyComputer
@@ -108,7 +109,8 @@ class Preview:
         if not loaded:
             raise GpurenderError(f"no milestone could be loaded: {failures[0][1]}" if failures
                                  else "no milestone to show")
-        self.panels = [MilestonePanel(m, agent.info, self.game, self.renderer, cfg.saliency) for m, agent in loaded]
+        self.panels = [MilestonePanel(m, agent.info, self.game, self.renderer, cfg.saliency, cfg.network_view, cfg.hud)
+                       for m, agent in loaded]
         self.saliency: list[tuple[SaliencyComputer, SaliencyNormaliser]] = []
         """With ``--saliency``: per milestone, its maps' computer and their running maxima."""
         if cfg.saliency != "off":
@@ -118,7 +120,8 @@ class Preview:
         self.current = 0
         self.present = PresentPass(self.ctx)
         self.overlay = HelpOverlay(self.renderer, [f"{p.agent.algo:<6} {p.milestone.display}" for p in self.panels])
-        self.rollout = Rollout(make_atari(self.game, [cfg.seed], cfg.backend), self.units[:1], device)
+        self.rollout = Rollout(make_atari(self.game, [cfg.seed], cfg.backend), self.units[:1], device,
+                               attribution=cfg.network_view == "attribution")
         self.window.on_key(self.handle_key)
         self.window.on_damage(self._mark_dirty)
         self._update_title(force=True)
@@ -222,7 +225,8 @@ class Preview:
             raw = computer.maps(rollout.state.obs, out.actions)
             maps, _ = normalise(raw.actor, raw.critic)
         t1 = time.perf_counter()
-        values, chars = panel.pack(self.frames, 0, out, rollout.scores.current, rollout.state.lives)
+        hud = hud_text(self.fps or None, *(self._ms[k] if self.frames else None for k in ("infer", "draw")))
+        values, chars = panel.pack(self.frames, 0, out, rollout.scores.current, rollout.state.lives, hud)
         r = self.renderer
         r.begin(1)
         r.draw(panel.spec, values, chars, rollout.state.screens, saliency=maps)

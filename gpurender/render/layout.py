@@ -52,6 +52,11 @@ LAYER_COLORS = {
     "output": (1.0, 0.72, 0.25),
 }
 EDGE_COLOR = (0.4, 0.75, 1.0)
+ATTRIBUTION_FOR = (0.3, 0.95, 0.45)
+"""``--network-view attribution``: nodes and edges that pushed toward the executed action."""
+ATTRIBUTION_AGAINST = (1.0, 0.3, 0.3)
+"""``--network-view attribution``: nodes and edges that pushed away from it (negative levels;
+``shaders/nodes.glsl`` and ``edges.glsl``'s ``u_negative``)."""
 SALIENCY_ACTOR = (0.15, 0.8, 1.0)
 """The actor's saliency map over the game (``shaders/game.glsl``'s ``u_actor_colour``) and its legend."""
 SALIENCY_CRITIC = (1.0, 0.2, 0.8)
@@ -74,6 +79,8 @@ EDGES_PER_NODE = 2
 """Connections drawn into each node of the network diagram: its strongest inputs by mean |weight|
 (the diagram's heading says so). Every edge is a long, thin glowing quad, the costliest item to
 rasterise on a CPU; the weakest ones were faint anyway (benchmarks/README.md, issue 15)."""
+HUD_CHARS = 34
+"""Length of the ``--hud`` line (:func:`hud_text`), right-aligned at the panel's foot."""
 MODE_WIDTH, MODE_HEIGHT, MODE_PALETTE = 0, 1, 2
 
 SLOT_ACTION = 0
@@ -95,6 +102,11 @@ class PanelSpec:
     learning_rate: float
     saliency: str = "off"
     """The saliency method drawn over the game, named in the panel's legend (``off``: no legend)."""
+    network_view: str = "activations"
+    """What the network diagram shows: ``activations``, or ``attribution`` (signed node levels in
+    two colours, :data:`ATTRIBUTION_FOR` and :data:`ATTRIBUTION_AGAINST`, and a legend)."""
+    hud: bool = False
+    """A performance line (frames/s, inference and drawing milliseconds) at the panel's foot."""
 
     @property
     def q_based(self) -> bool:
@@ -103,7 +115,20 @@ class PanelSpec:
     @property
     def layout_key(self) -> tuple:
         key = (self.q_based, self.action_names, tuple((x.name, x.shape, x.nodes) for x in self.layers))
-        return key if self.saliency == "off" else (*key, self.saliency)
+        return (*key, self.saliency, self.network_view, self.hud)
+
+
+def hud_text(fps: float | None, infer_ms: float | None, draw_ms: float | None) -> str:
+    """The ``--hud`` line, :data:`HUD_CHARS` long: ``"  97 fps  infer 1.35  draw 4.20 ms"``; a
+    figure not measured yet is ``--``."""
+
+    def four(v: float | None) -> str:
+        if v is None:
+            return "  --"
+        return f"{v:4.2f}" if v < 9.995 else f"{v:4.1f}" if v < 99.95 else f"{min(v, 9999):4.0f}"
+
+    fps_text = "  --" if fps is None else f"{min(fps, 9999):4.0f}"
+    return f"{fps_text} fps  infer {four(infer_ms)}  draw {four(draw_ms)} ms".rjust(HUD_CHARS)
 
 
 def format_lr(lr: float) -> str:
@@ -270,12 +295,22 @@ class PanelLayout:
             r.add((12 + i * step_s, graph_top, step_s, 258 - graph_top), (0.3, 0.8, 0.5, 1.0), NONE,
                   (self.slot_hist_scores + i, -1, -1, MODE_HEIGHT))
 
-        # network diagram
-        net_head = "Network Activity (real activations)"
+        self._network(spec)
+
+    def _network(self, spec: PanelSpec) -> None:
+        """The network diagram: its heading and legend, a column of nodes per layer, the edges
+        between neighbouring columns; and the line at the panel's foot (saliency legend, HUD)."""
+        r = self.rects
+        attribution = spec.network_view == "attribution"
+        net_head = "Attribution (grad x activation)" if attribution else "Network Activity (real activations)"
         self._text("net_head", 12, 270, "head", len(net_head), CYAN, static=net_head)
-        legend = f"{EDGES_PER_NODE} strongest inputs per node"
-        head_w = self.atlas.fonts["head"].cell_w
-        self._text("net_legend", 12 + (len(net_head) + 1) * head_w, 274, "tiny", len(legend), DIM, static=legend)
+        x = 12 + (len(net_head) + 1) * self.atlas.fonts["head"].cell_w
+        if attribution:
+            x = self._swatches("attr", x, 274, (("toward", ATTRIBUTION_FOR), ("against", ATTRIBUTION_AGAINST)))
+            legend = f"top {EDGES_PER_NODE} inputs"
+        else:
+            legend = f"{EDGES_PER_NODE} strongest inputs per node"
+        self._text("net_legend", x, 274, "tiny", len(legend), DIM, static=legend)
         r.add((0, 264, PANEL_W, 1), RULE)
         k_cols = len(self.layers)
         xs = [44 + i * (PANEL_W - 88) / (k_cols - 1) for i in range(k_cols)]
@@ -287,7 +322,7 @@ class PanelLayout:
             spacing = min(24.0, 188.0 / max(n - 1, 1))
             radius = min(7.5, spacing * 0.36)
             y0 = 404 - spacing * (n - 1) / 2
-            color = LAYER_COLORS[layer.kind]
+            color = ATTRIBUTION_FOR if attribution and layer.kind != "output" else LAYER_COLORS[layer.kind]
             col_centers = []
             for j in range(n):
                 y = y0 + j * spacing
@@ -304,30 +339,41 @@ class PanelLayout:
             shape = layer.shape_text
             self._text(f"lshape{col}", x - len(shape) * tiny.cell_w / 2, 512, "tiny", len(shape), DIM, static=shape)
         if spec.saliency != "off":
-            self._saliency_legend(spec.saliency)
+            self._saliency_legend(spec.saliency, short=spec.hud)
+        if spec.hud:
+            tiny = self.atlas.fonts["tiny"]
+            self._text("hud", PANEL_W - 8 - HUD_CHARS * tiny.cell_w, FRAME_H - tiny.cell_h - 1, "tiny", HUD_CHARS, CYAN)
+        edge_color = ATTRIBUTION_FOR if attribution else EDGE_COLOR
         edge_slot = self.slot_edges
         level0 = self.slot_levels
         for src_col, dst_col in itertools.pairwise(centers):
             for _d, (x1, y1, r1) in enumerate(dst_col):
                 for s, (x0, y0, r0) in enumerate(src_col):
                     # edge strength = group weight (value slot) x source level (value slot)
-                    self.edges.add((x0 + r0, y0, x1 - r1, y1), (*EDGE_COLOR, 1.0), NONE,
+                    self.edges.add((x0 + r0, y0, x1 - r1, y1), (*edge_color, 1.0), NONE,
                                    (level0 + s, edge_slot, 0, 0))
                     edge_slot += 1
             level0 += len(src_col)
 
-    def _saliency_legend(self, method: str) -> None:
-        """One line under the diagram: the method, how the maps are scaled, and each map's colour
-        (a swatch and its name in that colour)."""
+    def _saliency_legend(self, method: str, short: bool = False) -> None:
+        """One line under the diagram: the method, how the maps are scaled (unless ``short``: the
+        HUD shares the line), and each map's colour."""
         tiny = self.atlas.fonts["tiny"]
         y = FRAME_H - tiny.cell_h - 1
-        head = f"Saliency: {method} (each map / its running max)"
+        head = f"Saliency: {method}" + ("" if short else " (each map / its running max)")
         self._text("sal_head", 12, y, "tiny", len(head), DIM, static=head)
-        x = 12 + (len(head) + 1) * tiny.cell_w
-        for name, colour in (("actor", SALIENCY_ACTOR), ("critic", SALIENCY_CRITIC)):
+        self._swatches("sal", 12 + (len(head) + 1) * tiny.cell_w, y,
+                       (("actor", SALIENCY_ACTOR), ("critic", SALIENCY_CRITIC)))
+
+    def _swatches(self, prefix: str, x: float, y: float, entries: Sequence[tuple[str, tuple[float, ...]]]) -> float:
+        """A colour legend in tiny type from ``x``: per entry a swatch and its name in its colour;
+        -> the x after the last entry."""
+        tiny = self.atlas.fonts["tiny"]
+        for name, colour in entries:
             self.rects.add((x, y + 3, 8, 8), (*colour, 1.0))
-            self._text(f"sal_{name}", x + 11, y, "tiny", len(name), (*colour, 1.0), static=name)
+            self._text(f"{prefix}_{name}", x + 11, y, "tiny", len(name), (*colour, 1.0), static=name)
             x += 11 + (len(name) + 2) * tiny.cell_w
+        return x
 
     def _static_first(self) -> None:
         """Put the items that look the same in every frame of a video first: rects bound to no

@@ -17,6 +17,7 @@ import moderngl
 
 from gpurender.render.atlas import GlyphAtlas
 from gpurender.render.layout import (
+    ATTRIBUTION_AGAINST,
     FRAME_H,
     FRAME_W,
     GAME_RECT,
@@ -240,7 +241,7 @@ class EdgesPass(ItemsPass):
     blend = BLEND_ADD
 
     def __init__(self, ctx: moderngl.Context) -> None:
-        super().__init__(ctx, u_half_width=2.5)
+        super().__init__(ctx, u_half_width=2.5, u_negative=ATTRIBUTION_AGAINST)
 
 
 class NodesPass(ItemsPass):
@@ -253,7 +254,7 @@ class NodesPass(ItemsPass):
     """The largest quad half-size, in node radii."""
 
     def __init__(self, ctx: moderngl.Context) -> None:
-        super().__init__(ctx, u_glow_extent=self.GLOW_EXTENT, u_fit_quads=True)
+        super().__init__(ctx, u_glow_extent=self.GLOW_EXTENT, u_fit_quads=True, u_negative=ATTRIBUTION_AGAINST)
 
     @property
     def fit_quads(self) -> bool:
