@@ -8,8 +8,9 @@
 * ``value`` — V(s), or max Q for value-based agents;
 * ``reward`` — the unclipped game score gained by the step that led to this frame;
 * ``score`` — the game's score so far (the panel's "Ep Reward"), ``lives`` — lives left;
-* ``levels`` — the displayed node levels in [0, 1], layer by layer as the sidecar's
-  ``layers`` lists them (input, hidden layers, output).
+* ``levels`` — the displayed node levels, layer by layer as the sidecar's ``layers`` lists them
+  (input, hidden layers, output): in [0, 1], or with ``--network-view attribution`` the signed
+  attributions in [-1, 1] (output nodes: the probabilities).
 
 Values are the float32 numbers the panel was drawn from, written as JSON numbers. Like the video,
 the file is written under a hidden partial name and renamed only when complete.
