@@ -21,7 +21,8 @@ keeps that structure and cost and changes only what an SB3 agent needs:
 As in the paper: for each frame, ``score_frame`` runs once for the actor and once for the
 critic; each run makes one unperturbed batch-1 forward and, for each of the 289 centres, builds
 the mask (a blurred disc), blurs the whole observation again, blends, and makes one batch-1
-forward. 2 x 290 forwards per frame.
+forward. 2 x 290 forwards per frame. :func:`heat_overlay` draws both maps on the game screen as
+``make_movie`` does (``saliency_on_atari_frame``: actor in blue, critic in red).
 
     python benchmarks/baseline_saliency.py --checkpoint gpurender/demo/step_300000_pct_100.zip --frames 3
 """
@@ -32,6 +33,7 @@ import argparse
 import json
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -144,6 +146,39 @@ def saliency_frame(model: PaperModel, obs: np.ndarray, radius: float = 5,
     actor = score_frame(model, obs, radius, density, interp_func=occlude, mode="actor")
     critic = score_frame(model, obs, radius, density, interp_func=occlude, mode="critic")
     return actor, critic
+
+
+ACTOR_FF, CRITIC_FF = 300, 600
+"""The paper's fudge factors for Breakout (``get_env_meta``): what a map's peak is multiplied by
+before it is added to a colour channel (tuned for the paper's agents, not SB3's)."""
+
+
+def saliency_on_atari_frame(saliency: np.ndarray, atari: np.ndarray, fudge_factor: float,
+                            channel: int = 2) -> np.ndarray:
+    """The paper's overlay: the map resized bilinearly (``imresize``, 8-bit) onto the screen,
+    shifted to 0, scaled to ``fudge_factor`` x its peak and added to one colour channel, clipped.
+    SB3's observation is the whole 210x160 screen resized, so the map covers the whole screen (the
+    paper's covered rows 35-195, its 80x80 crop)."""
+    pmax = float(saliency.max())
+    s = imresize_bilinear(saliency, atari.shape[:2]).astype(np.float32)
+    s -= s.min()
+    s = fudge_factor * pmax * s / max(float(s.max()), 1e-30)
+    image = atari.astype(np.uint16)
+    image[..., channel] += s.astype(np.uint16)
+    return image.clip(1, 255).astype(np.uint8)
+
+
+def heat_overlay(model: PaperModel) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``overlay(screen, obs)`` as ``make_movie`` draws a frame: the actor's and the critic's maps of
+    the observation (``obs``: SB3's (1, 84, 84, 4) stack), the actor's added to the blue channel
+    and the critic's to the red one."""
+
+    def overlay(screen: np.ndarray, obs: np.ndarray) -> np.ndarray:
+        actor, critic = saliency_frame(model, np.ascontiguousarray(np.transpose(obs[0], (2, 0, 1))))
+        frame = saliency_on_atari_frame(actor, screen, ACTOR_FF, channel=2)
+        return saliency_on_atari_frame(critic, frame, CRITIC_FF, channel=0)
+
+    return overlay
 
 
 def main() -> None:

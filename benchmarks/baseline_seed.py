@@ -25,6 +25,7 @@ import os
 import resource
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ LAYERS: list[tuple[str, str, int, tuple[int, int, int]]] = [
 ]
 
 
-def _load_model(path: str, algo: str | None = None) -> BaseAlgorithm:
+def load_model(path: str, algo: str | None = None) -> BaseAlgorithm:
     """Load with ``PPO.load`` / ``DQN.load``; ``algo`` defaults to that of the saved policy."""
     if algo is None:
         with zipfile.ZipFile(path) as zf:
@@ -164,12 +165,17 @@ def _create_enhanced_frame(game_frame: np.ndarray, a: dict[str, Any], title: str
     return cv2.cvtColor(np.hstack([panel, game_resized]), cv2.COLOR_RGB2BGR)
 
 
-def render_milestone(checkpoint: str, output_dir: str, frames: int, fps: int, env_id: str,
-                     seed: int, algo: str | None = None) -> dict[str, Any]:
-    """Play one checkpoint for ``frames`` frames and write ``<stem>_baseline.mp4``."""
-    model = _load_model(checkpoint, algo)
-    vec_env = VecFrameStack(make_atari_env(env_id, n_envs=1, seed=seed,
-                                           env_kwargs={"render_mode": "rgb_array"}), n_stack=4)
+def open_env(env_id: str, seed: int) -> VecFrameStack:
+    """The original's env: one Atari game, SB3's wrappers, 4 frames stacked, screens rendered."""
+    return VecFrameStack(make_atari_env(env_id, n_envs=1, seed=seed, env_kwargs={"render_mode": "rgb_array"}),
+                         n_stack=4)
+
+
+def play(model: BaseAlgorithm, vec_env: VecFrameStack, env_id: str, frames: int,
+         overlay: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> list[np.ndarray]:
+    """The original's frame loop: ``frames`` BGR frames of ``model`` playing in ``vec_env``, kept in
+    a list. ``overlay(screen, obs)``, if given, draws on each game screen before the panel is put
+    beside it (the saliency baseline's heat map)."""
     action_names = vec_env.envs[0].unwrapped.get_action_meanings()
     game = env_id.split("/")[-1].split("-")[0].replace("NoFrameskip", "").upper()
     title = f"{game} - {type(model).__name__} Neural Activity Viewer"
@@ -178,6 +184,8 @@ def render_milestone(checkpoint: str, output_dir: str, frames: int, fps: int, en
     obs, episode_reward = vec_env.reset(), 0.0
     for frame_idx in range(frames):
         game_frame = vec_env.envs[0].render()
+        if overlay is not None:
+            game_frame = overlay(game_frame, obs)
         analytics = _extract_ml_analytics(model, obs, frame_idx, frames, episode_reward)
         video.append(_create_enhanced_frame(game_frame, analytics, title, lr, action_names))
         action, _ = model.predict(obs, deterministic=True)
@@ -185,13 +193,27 @@ def render_milestone(checkpoint: str, output_dir: str, frames: int, fps: int, en
         episode_reward += float(rewards[0])
         if dones[0]:
             episode_reward = 0.0
-    vec_env.close()
-    out_path = Path(output_dir) / f"{Path(checkpoint).stem}_baseline.mp4"
+    return video
+
+
+def write_video(video: list[np.ndarray], path: Path, fps: int) -> None:
+    """The original's writer: every frame at the end, ``cv2.VideoWriter('mp4v')``."""
     height, width = video[0].shape[:2]
-    writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     for frame in video:
         writer.write(frame)
     writer.release()
+
+
+def render_milestone(checkpoint: str, output_dir: str, frames: int, fps: int, env_id: str,
+                     seed: int, algo: str | None = None) -> dict[str, Any]:
+    """Play one checkpoint for ``frames`` frames and write ``<stem>_baseline.mp4``."""
+    model = load_model(checkpoint, algo)
+    vec_env = open_env(env_id, seed)
+    video = play(model, vec_env, env_id, frames)
+    vec_env.close()
+    out_path = Path(output_dir) / f"{Path(checkpoint).stem}_baseline.mp4"
+    write_video(video, out_path, fps)
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"checkpoint": checkpoint, "video": str(out_path), "frames": len(video),
             "pid": os.getpid(), "rss_mib": rss_mib}
