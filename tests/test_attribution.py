@@ -45,8 +45,9 @@ def sb3_attribution(agent: Agent, obs: np.ndarray, actions: np.ndarray) -> list[
     """Per displayed layer but the output, (B, nodes): activation x gradient of each row's
     ``actions`` logit, summed over the units (and positions) of each node's group, from SB3's own
     model: every activation module of the actor's path is hooked, the logit comes from SB3's own
-    modules and methods (``extract_features``, ``action_net``; ``q_net``; ``quantile_net``). Input nodes: each frame's pixels x their
-    gradient (SB3 scales pixels by 1/255 inside, which the product does not see)."""
+    modules and methods (``extract_features``, ``action_net``; ``q_net``; ``quantile_net``). Input
+    nodes: each frame's pixels x their gradient (SB3 scales pixels by 1/255 inside, which the
+    product does not see)."""
     model = agent.model
     p = model.policy
     if agent.algo in ("PPO", "A2C"):
