@@ -21,10 +21,10 @@ HUD = re.compile(r"(--|\d+) fps +infer +(--|[\d.]+) +draw +(--|[\d.]+) ms")
 def demo_layout(view: str = "activations", hud: bool = False) -> PanelLayout:
     """The panel layout of the bundled demo's milestones with these options."""
     from gpurender.agents import Agent
-    from gpurender.demo import demo_checkpoints
+    from gpurender.demo import GAME, demo_checkpoints
     from gpurender.games import action_meanings, resolve_game
 
-    game = resolve_game("Breakout")
+    game = resolve_game(GAME)
     layers = tuple(Agent(demo_checkpoints()[-1], device="cpu").layers)
     spec = PanelSpec(game.title, "PPO", action_meanings(game), layers, "100%", True, 2.5e-4, network_view=view, hud=hud)
     return PanelLayout(spec, GlyphAtlas(FACES))

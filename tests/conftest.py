@@ -177,19 +177,20 @@ def image_continuous_checkpoint(checkpoint_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def breakout_stacks() -> np.ndarray:
-    """(3, 4, 84, 84) uint8: real Breakout stacks (SB3's wrappers) with the ball in play, from a
-    game the trained demo milestone plays."""
+def demo_stacks() -> np.ndarray:
+    """(3, 4, 84, 84) uint8: real frame stacks of the demo's game (SB3's wrappers) 20, 30 and 40
+    steps into a game the trained (100 %) demo milestone plays."""
     import ale_py
     import gymnasium as gym
     from stable_baselines3.common.env_util import make_atari_env
     from stable_baselines3.common.vec_env import VecFrameStack
 
     from gpurender.agents import Agent
-    from gpurender.demo import demo_checkpoints
+    from gpurender.demo import GAME, demo_checkpoints
+    from gpurender.games import resolve_game
 
     gym.register_envs(ale_py)
-    venv = VecFrameStack(make_atari_env("BreakoutNoFrameskip-v4", n_envs=1, seed=0), n_stack=4)
+    venv = VecFrameStack(make_atari_env(resolve_game(GAME).gym_id, n_envs=1, seed=0), n_stack=4)
     agent, kept, o = Agent(demo_checkpoints()[-1], device="cpu"), [], venv.reset()
     for t in range(41):
         x = np.ascontiguousarray(np.transpose(o, (0, 3, 1, 2)))

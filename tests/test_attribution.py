@@ -22,7 +22,7 @@ from _video import decode
 
 from gpurender.agents import Agent
 from gpurender.config import RenderConfig
-from gpurender.demo import demo_checkpoints
+from gpurender.demo import GAME, demo_checkpoints
 from gpurender.pipeline import render
 from gpurender.render.layout import (
     ATTRIBUTION_AGAINST,
@@ -89,17 +89,17 @@ def sb3_attribution(agent: Agent, obs: np.ndarray, actions: np.ndarray) -> list[
 
 
 @pytest.mark.parametrize("kind", ["ppo", "ppo_separate", "dqn", "qrdqn"])
-def test_attribution_is_activation_times_gradient_of_sb3s_model(request, kind, breakout_stacks) -> None:
+def test_attribution_is_activation_times_gradient_of_sb3s_model(request, kind, demo_stacks) -> None:
     agent = _agent(request, kind)
-    got = agent.attribute(breakout_stacks)
-    plain = agent.act(breakout_stacks)
+    got = agent.attribute(demo_stacks)
+    plain = agent.act(demo_stacks)
     for field in ("actions", "values", "probs", "q_values"):
         a, b = getattr(got, field), getattr(plain, field)
         assert (a is None and b is None) or torch.equal(a, b), field
     assert torch.equal(got.levels[:, -agent.n_actions :], plain.probs)  # output nodes: the probabilities
     levels = got.levels.double().numpy()
     start = 0
-    for layer, want in zip(agent.layers, sb3_attribution(agent, breakout_stacks, plain.actions.numpy()), strict=False):
+    for layer, want in zip(agent.layers, sb3_attribution(agent, demo_stacks, plain.actions.numpy()), strict=False):
         mine = levels[:, start : start + layer.nodes]
         start += layer.nodes
         err = np.abs(mine - want).max() / np.abs(want).max()
@@ -107,12 +107,12 @@ def test_attribution_is_activation_times_gradient_of_sb3s_model(request, kind, b
         assert ((want > 0).any() and (want < 0).any()) or layer.kind == "input", f"{layer.name}: one sign only"
 
 
-def test_attribution_depends_on_the_action(breakout_stacks) -> None:
+def test_attribution_depends_on_the_action(demo_stacks) -> None:
     """Toward another action, other attributions: the view is about the action taken."""
     agent = Agent(demo_checkpoints()[-1], device="cpu")
-    taken = agent.act(breakout_stacks).actions.numpy()
+    taken = agent.act(demo_stacks).actions.numpy()
     other = (taken + 1) % agent.n_actions
-    a, b = (sb3_attribution(agent, breakout_stacks, acts)[3] for acts in (taken, other))
+    a, b = (sb3_attribution(agent, demo_stacks, acts)[3] for acts in (taken, other))
     assert np.abs(a - b).max() > 0.1 * np.abs(a).max()
 
 
@@ -127,7 +127,7 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("attribution")
     out = {}
     for view in ("activations", "attribution"):
-        cfg = RenderConfig(model_dir=tuple(demo_checkpoints()), milestones=("100",), output_dir=root / view,
+        cfg = RenderConfig(model_dir=tuple(demo_checkpoints()), game=GAME, milestones=("100",), output_dir=root / view,
                            clip_seconds=CLIP, seed=0, trace=True, network_view=view, hud=view == "attribution")
         report = render(cfg, progress=False)
         assert not report.failures and len(report.videos) == 1

@@ -304,11 +304,11 @@ def test_verbose_before_or_after_the_subcommand(command: str):
 
 def test_render_flags_reach_the_config():
     from gpurender.cli import render_config
-    from gpurender.demo import demo_checkpoints
+    from gpurender.demo import GAME, demo_checkpoints
 
     cfg = render_config(parse_args(["render", "--demo", "--trace", "--stack-forwards", "off", "--fps", "12",
                                     "--milestones", "0, 100"]))
-    assert cfg.model_dir == tuple(demo_checkpoints()) and cfg.game == "Breakout"
+    assert cfg.model_dir == tuple(demo_checkpoints()) and cfg.game == GAME
     assert cfg.trace is True and cfg.stack_forwards is False and cfg.fps == 12 and cfg.milestones == ("0", "100")
     for word, value in (("auto", None), ("on", True)):
         assert render_config(parse_args(["render", "--demo", "--stack-forwards", word])).stack_forwards is value

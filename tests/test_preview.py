@@ -397,13 +397,14 @@ def test_run_preview_stops_after_max_frames(display, ppo_checkpoint: Path, tmp_p
 def test_preview_draws_saliency(display) -> None:
     """``--saliency`` in the preview: the maps over the game and the legend, nothing else changed
     (tests/test_saliency_render.py checks the drawing itself)."""
-    from gpurender.demo import demo_checkpoints
+    from gpurender.demo import GAME, demo_checkpoints
     from gpurender.preview import Preview
     from gpurender.render.layout import FRAME_H, PANEL_W
 
     frames = {}
     for method in ("off", "perturbation"):
-        cfg = RenderConfig(model_dir=tuple(demo_checkpoints()), milestones=("100",), device="cpu", saliency=method)
+        cfg = RenderConfig(model_dir=tuple(demo_checkpoints()), game=GAME, milestones=("100",), device="cpu",
+                           saliency=method)
         pv = Preview(cfg, PreviewConfig(uncapped=True, visible=False, encoder="x264"))
         try:
             for _ in range(6):
@@ -420,11 +421,11 @@ def test_preview_draws_saliency(display) -> None:
 def test_preview_draws_attribution_and_hud(display) -> None:
     from _panel import HUD, PanelReader, demo_layout, luma
 
-    from gpurender.demo import demo_checkpoints
+    from gpurender.demo import GAME, demo_checkpoints
     from gpurender.preview import Preview
     from gpurender.render.layout import BACKGROUND, CYAN
 
-    cfg = RenderConfig(model_dir=tuple(demo_checkpoints()), milestones=("100",), device="cpu",
+    cfg = RenderConfig(model_dir=tuple(demo_checkpoints()), game=GAME, milestones=("100",), device="cpu",
                        network_view="attribution", hud=True)
     pv = Preview(cfg, PreviewConfig(uncapped=True, visible=False, encoder="x264"))
     try:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from gpurender.cli import INTERRUPTED, main
 from gpurender.config import RenderConfig
-from gpurender.demo import demo_checkpoints
+from gpurender.demo import GAME, demo_checkpoints
 from gpurender.milestones import parse_checkpoint_name
 from gpurender.pipeline import render
 from gpurender.progress import even_selection, shown_milestones
@@ -69,7 +69,7 @@ def _moved(a: np.ndarray, b: np.ndarray) -> int:
 def grid_run(tmp_path_factory: pytest.TempPathFactory):
     """The demo's 4 milestones: their own videos (with traces) and the grid progress video, one job."""
     out = tmp_path_factory.mktemp("grid")
-    cfg = RenderConfig(model_dir=tuple(demo_checkpoints()), game="Breakout", output_dir=out, clip_seconds=CLIP / FPS,
+    cfg = RenderConfig(model_dir=tuple(demo_checkpoints()), game=GAME, output_dir=out, clip_seconds=CLIP / FPS,
                        fps=FPS, device="cpu", trace=True, progress_video=True)
     report = render(cfg, progress=False)
     assert not report.failures and report.progress is not None
@@ -405,7 +405,7 @@ def test_gpu_branch_converts_like_the_software_branch(tmp_path: Path):
         r.t_rgb.write(tiles.tobytes())
         r.software = False
         plan = ProgressPlan(tmp_path / "training_progress_grid.mp4", "grid", tuple(milestones), ())
-        video = ProgressVideo(cfg, resolve_game("Breakout"), r, plan, agents, "libx264")
+        video = ProgressVideo(cfg, resolve_game(GAME), r, plan, agents, "libx264")
         try:
             video.frame([(1, 0, 3.0), (0, 1, 12.0)])
             gpu = video._read_frame()

@@ -34,8 +34,8 @@ def demo_agents() -> list[Agent]:
 
 
 @pytest.fixture(scope="module")
-def obs(breakout_stacks) -> np.ndarray:
-    return breakout_stacks
+def obs(demo_stacks) -> np.ndarray:
+    return demo_stacks
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from _video import run_cli
 
 from gpurender.config import RenderConfig
-from gpurender.demo import demo_checkpoints
+from gpurender.demo import GAME, demo_checkpoints
 from gpurender.pipeline import render
 from gpurender.render.layout import FRAME_H, PANEL_W, SALIENCY_ACTOR, SALIENCY_ALPHA, SALIENCY_CRITIC
 from gpurender.trace import read_trace, saliency_path, trace_path
@@ -33,8 +33,8 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The same two demo milestones rendered without saliency and with each method (with traces)."""
     root = tmp_path_factory.mktemp("saliency")
     for method in ("off", "perturbation", "gradient"):
-        cfg = RenderConfig(model_dir=tuple(demo_checkpoints()), milestones=MILESTONES, output_dir=root / method,
-                           clip_seconds=CLIP, seed=0, saliency=method, trace=method != "off")
+        cfg = RenderConfig(model_dir=tuple(demo_checkpoints()), game=GAME, milestones=MILESTONES,
+                           output_dir=root / method, clip_seconds=CLIP, seed=0, saliency=method, trace=method != "off")
         report = render(cfg, progress=False)
         assert not report.failures and len(report.videos) == len(MILESTONES)
     return {method: root / method for method in ("off", "perturbation", "gradient")}

@@ -1,7 +1,7 @@
 """Truth tests: what a real agent's video shows is what that agent computed, end to end.
 
-Three real checkpoints (the bundled trained PPO, conftest's A2C and DQN) are rendered in one job,
-as a user renders them, with ``trace=True``. Then, independently of the render:
+Three real checkpoints (the bundled trained PPO on the demo's game, conftest's A2C and DQN on
+Breakout) are rendered as a user renders them, one job per game, with ``trace=True``. Then, independently of the render:
 
 * the game is replayed here (same game, seed and backend, stepping the trace's actions) and
   SB3's own methods run on the observations the agent saw: the trace's probabilities, Q-values,
@@ -26,7 +26,7 @@ from _panel import PanelReader, luma
 from _video import decode
 
 from gpurender.config import RenderConfig
-from gpurender.games import resolve_game
+from gpurender.games import Game, resolve_game
 from gpurender.network import LayerInfo
 from gpurender.render.atlas import GlyphAtlas
 from gpurender.render.layout import (
@@ -98,6 +98,10 @@ class Clip:
         return self.algo == "DQN"
 
     @property
+    def game(self) -> Game:
+        return resolve_game(self.sidecar["game"])
+
+    @property
     def names(self) -> list[str]:
         return self.sidecar["action_names"]
 
@@ -150,7 +154,7 @@ def replay(clip: Clip) -> Replay:
     from gpurender.envs import make_atari
 
     actions = clip.column("action")
-    env = make_atari(GAME, [clip.sidecar["seed"]], clip.sidecar["backend"])
+    env = make_atari(clip.game, [clip.sidecar["seed"]], clip.sidecar["backend"])
     try:
         state = env.reset()
         obs, rewards, lives, scores, overs = [state.obs[0].copy()], [0.0], [int(state.lives[0])], [0.0], []
@@ -194,7 +198,8 @@ def _kind(name: str) -> str:
 
 def _layout(sidecar: dict, atlas: GlyphAtlas) -> PanelLayout:
     layers = tuple(LayerInfo(x["name"], _kind(x["name"]), tuple(x["shape"]), x["nodes"]) for x in sidecar["layers"])
-    spec = PanelSpec(GAME.title, sidecar["algorithm"], tuple(sidecar["action_names"]), layers, "0%", True, 1e-4)
+    game = resolve_game(sidecar["game"])
+    spec = PanelSpec(game.title, sidecar["algorithm"], tuple(sidecar["action_names"]), layers, "0%", True, 1e-4)
     return PanelLayout(spec, atlas)
 
 
@@ -206,7 +211,9 @@ def atlas() -> GlyphAtlas:
 @pytest.fixture(scope="session")
 def clips(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
           atlas: GlyphAtlas) -> dict[str, Clip]:
-    """The checkpoints of :data:`LABELS` rendered in one job, 200 frames at 15 fps, with traces."""
+    """The checkpoints of :data:`LABELS` rendered as a user renders them, one job per game (the
+    trained PPO plays the demo's game, the others :data:`GAME`), 200 frames at 15 fps, with traces."""
+    from gpurender.demo import GAME as DEMO_GAME
     from gpurender.demo import demo_checkpoints
     from gpurender.pipeline import render
     from gpurender.sidecar import sidecar_path
@@ -214,23 +221,27 @@ def clips(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
     trained_ppo = next(p for p in demo_checkpoints() if p.stem.endswith("pct_100"))
     root = tmp_path_factory.mktemp("truth")
-    run = root / "run"
-    run.mkdir()
     sources = {algo: trained_ppo if algo == "PPO" else request.getfixturevalue(f"{algo.lower()}_checkpoint")
                for algo in LABELS}
-    for algo, src in sources.items():
-        shutil.copy(src, run / f"{LABELS[algo]}.zip")
-    cfg = RenderConfig(model_dir=(run,), output_dir=root / "videos", game=GAME.name, clip_seconds=FRAMES / FPS,
-                       fps=FPS, seed=SEED, backend=BACKEND, device="cpu", encoder="x264", trace=True)
-    report = render(cfg, progress=False)
-    assert report.failures == []
+    games = {algo: resolve_game(DEMO_GAME).name if algo == "PPO" else GAME.name for algo in LABELS}
+    videos = []
+    for game in sorted(set(games.values())):
+        run = root / f"run_{game}"
+        run.mkdir()
+        for algo in (a for a in LABELS if games[a] == game):
+            shutil.copy(sources[algo], run / f"{LABELS[algo]}.zip")
+        cfg = RenderConfig(model_dir=(run,), output_dir=root / "videos", game=game, clip_seconds=FRAMES / FPS,
+                           fps=FPS, seed=SEED, backend=BACKEND, device="cpu", encoder="x264", trace=True)
+        report = render(cfg, progress=False)
+        assert report.failures == []
+        videos += report.videos
     out = {}
-    for v in report.videos:
+    for v in videos:
         algo = v.agent.algo
         assert v.trace is not None and v.trace.is_file(), f"{v.path.name}: no trace written"
         sidecar = json.loads(sidecar_path(v.path).read_text())
         assert sidecar["trace"] == v.trace.name
-        out[algo] = Clip(algo, run / f"{LABELS[algo]}.zip", v.path, sidecar, read_trace(v.trace),
+        out[algo] = Clip(algo, sources[algo], v.path, sidecar, read_trace(v.trace),
                          _layout(sidecar, atlas))
     assert sorted(out) == sorted(sources)
     return out
@@ -435,7 +446,7 @@ def test_value_text_matches_the_renderer_drawing_the_trace_value_only(clips):
     t = _probe_frames(clip, 3)[1]
     r = clip.trace[t]
     layout = clip.layout
-    spec = PanelSpec(GAME.title, "PPO", tuple(clip.names), layout.layers, "0%", True, 1e-4)
+    spec = PanelSpec(clip.game.title, "PPO", tuple(clip.names), layout.layers, "0%", True, 1e-4)
     shown = [r["value"], r["value"] + 0.25, float(r["action"])]
     assert len({f"{v:.3f}" for v in shown}) == len(shown)
     n = len(shown)
