@@ -1,7 +1,8 @@
 """Do gpurender's videos show the agent's real play? Mean full-game score of each milestone on
 gpurender's default backend (EnvPool + Sb3Atari, the exact loop videos use: batched
 ``Agent.act``, deterministic) against SB3's own ``evaluate_policy`` on ``make_atari_env`` +
-``VecFrameStack(4)``, with 95 % confidence intervals. Writes ``benchmarks/results/demo_eval.{md,json}``.
+``VecFrameStack(4)``, with 95 % confidence intervals, and as many games of uniformly random play
+(the bar a milestone is measured against). Writes ``benchmarks/results/demo_eval.{md,json}``.
 
     python benchmarks/eval_demo.py [--games 16] [CHECKPOINT.zip ...]
 """
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from gpurender.agents import Agent
+from gpurender.demo import GAME as DEMO_GAME
 from gpurender.envs import make_atari
 from gpurender.games import resolve_game
 
@@ -67,10 +69,30 @@ def sb3_scores(path: Path, game: str, n_games: int, seed: int) -> list[float]:
     return [float(r) for r in rewards]
 
 
+def random_scores(game: str, n_games: int, seed: int) -> list[float]:
+    """Full-game scores of uniformly random actions on SB3's ``make_atari_env`` set-up (the
+    Monitor's unclipped score of a whole game): the bar a trained milestone is compared with."""
+    import ale_py
+    import gymnasium as gym
+    from stable_baselines3.common.env_util import make_atari_env
+
+    gym.register_envs(ale_py)
+    env = make_atari_env(resolve_game(game).gym_id, n_envs=1, seed=seed)
+    env.action_space.seed(seed)
+    scores: list[float] = []
+    env.reset()
+    while len(scores) < n_games:
+        _, _, dones, infos = env.step(np.array([env.action_space.sample()]))
+        if dones[0] and "episode" in infos[0]:
+            scores.append(float(infos[0]["episode"]["r"]))
+    env.close()
+    return scores
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoints", nargs="*", type=Path)
-    p.add_argument("--game", default="Breakout")
+    p.add_argument("--game", default=DEMO_GAME)
     p.add_argument("--games", type=int, default=16)
     p.add_argument("--max-steps", type=int, default=27_000)
     args = p.parse_args()
@@ -88,9 +110,13 @@ def main() -> None:
         print(f"{path.name}: gpurender {m1:.1f} [{lo1:.1f}, {hi1:.1f}] (n={len(ours)})  "
               f"SB3 evaluate_policy {m2:.1f} [{lo2:.1f}, {hi2:.1f}] (n={len(theirs)})  "
               f"{'overlap' if overlap else 'NO OVERLAP'}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    rand = random_scores(args.game, args.games, 3000)
+    rand_ci = mean_ci(rand)
+    print(f"random play: {rand_ci[0]:.1f} [{rand_ci[1]:.1f}, {rand_ci[2]:.1f}] (n={len(rand)})", flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "demo_eval.json").write_text(json.dumps({"game": args.game, "games": args.games,
-                                                         "machine": platform.node(), "rows": rows}, indent=2))
+                                                         "machine": platform.node(), "rows": rows,
+                                                         "random": rand, "random_mean_ci": rand_ci}, indent=2))
     lines = [f"# Demo milestones: gpurender's play vs SB3 `evaluate_policy` ({args.game}, deterministic)", "",
              f"{args.games} full games per side and milestone; mean and 95 % CI (normal approximation).", "",
              "| checkpoint | gpurender (EnvPool + Sb3Atari) | SB3 evaluate_policy (ale-py) | CIs overlap |",
@@ -99,6 +125,8 @@ def main() -> None:
         (m1, lo1, hi1), (m2, lo2, hi2) = r["gpurender_mean_ci"], r["sb3_mean_ci"]
         lines.append(f"| {r['checkpoint']} | {m1:.1f} [{lo1:.1f}, {hi1:.1f}] | {m2:.1f} [{lo2:.1f}, {hi2:.1f}] "
                      f"| {'yes' if r['overlap'] else 'NO'} |")
+    lines += ["", f"Uniformly random actions on SB3's set-up ({args.games} full games): {rand_ci[0]:.1f} "
+              f"[{rand_ci[1]:.1f}, {rand_ci[2]:.1f}]."]
     (RESULTS / "demo_eval.md").write_text("\n".join(lines) + "\n")
 
 
