@@ -150,7 +150,8 @@ def saliency_frame(model: PaperModel, obs: np.ndarray, radius: float = 5,
 
 ACTOR_FF, CRITIC_FF = 300, 600
 """The paper's fudge factors for Breakout (``get_env_meta``): what a map's peak is multiplied by
-before it is added to a colour channel (tuned for the paper's agents, not SB3's)."""
+before it is added to a colour channel (tuned for the paper's agents, not SB3's). Used for any
+game: the overlay's cost does not depend on them, and the demo may play another game."""
 
 
 def saliency_on_atari_frame(saliency: np.ndarray, atari: np.ndarray, fudge_factor: float,

@@ -23,6 +23,7 @@ each number means.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -36,6 +37,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -236,20 +238,45 @@ def write_results(stem: Path, result: dict, markdown_text: str) -> None:
     stem.with_suffix(".md").write_text(markdown_text)
 
 
-def source_checkpoints(tmp: Path) -> tuple[list[Path], str]:
-    """The bundled demo milestones in training order, or (if absent) an untrained PPO CnnPolicy
-    Breakout agent."""
+def demo_game(tree: Path = ROOT) -> str:
+    """The game the bundled demo checkpoints of the checkout ``tree`` play (its
+    ``gpurender.demo.GAME``), read from the source, not imported: the gpurender imported here may
+    be another checkout's (``cpu_ab.py``'s trees, ``gpu_check.sh``'s ``BASELINE``). Breakout for a
+    tree from before the demo named its game."""
+    source = (tree / "gpurender" / "demo" / "__init__.py").read_text()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "GAME" for t in node.targets):
+            return ast.literal_eval(node.value)
+    return "Breakout"
+
+
+class Checkpoints(NamedTuple):
+    """What a benchmark renders: checkpoints in training order and the game they play."""
+
+    paths: list[Path]
+    described: str
+    """What they are, for the report."""
+    game: str
+    """Their game as ``gpurender render --game`` takes it (``Breakout``, ``RoadRunner``...)."""
+
+
+def source_checkpoints(tmp: Path) -> Checkpoints:
+    """The bundled demo milestones in training order on the demo's game, or (if absent) an
+    untrained PPO CnnPolicy Breakout agent."""
     demo = ROOT / "gpurender" / "demo"
     if any(demo.glob("*.zip")):
+        from gpurender.games import resolve_game
         from gpurender.milestones import find_milestones
 
         found = [m.path for m in find_milestones([demo])]
-        return found, f"bundled demo milestones ({', '.join(p.name for p in found)})"
+        game = resolve_game(demo_game()).name
+        return Checkpoints(found, f"bundled demo milestones on {game} ({', '.join(p.name for p in found)})", game)
     from bench_stages import make_checkpoint
 
     folder = tmp / "untrained"
     folder.mkdir()
-    return [make_checkpoint(folder)], "untrained PPO CnnPolicy Breakout (no bundled demo milestones yet)"
+    return Checkpoints([make_checkpoint(folder)], "untrained PPO CnnPolicy Breakout (no bundled demo milestones yet)",
+                       "Breakout")
 
 
 def milestone_dir(sources: list[Path], n: int, tmp: Path) -> Path:
@@ -317,7 +344,10 @@ class Run:
         return startup + first if first is not None and startup is not None else None
 
 
-def run_tool(tool: str, run_dir: Path, n: int, seconds: float, work: Path, args: argparse.Namespace) -> Run:
+def run_tool(tool: str, run_dir: Path, n: int, seconds: float, work: Path, args: argparse.Namespace,
+             game: str | None = None) -> Run:
+    """One whole command of ``tool`` on the checkpoints in ``run_dir``, which play ``game``
+    (None: each tool's default, Breakout)."""
     frames_each = max(1, round(seconds * FPS))
     tag = f"{tool}-{n}x{frames_each}"
     out_dir, stats = work / tag, work / f"{tag}.json"
@@ -325,12 +355,14 @@ def run_tool(tool: str, run_dir: Path, n: int, seconds: float, work: Path, args:
     if tool == "gpurender":
         cmd = [sys.executable, "-m", "gpurender", "render", "--model-dir", str(run_dir), "--output-dir", str(out_dir),
                "--clip-seconds", f"{seconds:g}", "--fps", str(FPS), "--quiet", "--force", "--stats-json", str(stats),
-               "--device", args.device, "--encoder", args.encoder]
+               "--device", args.device, "--encoder", args.encoder, *(["--game", game] if game else [])]
     else:
+        from gpurender.games import resolve_game
+
         cmd = [sys.executable, str(HERE / "baseline_seed.py"), "--checkpoints",
                *map(str, sorted(run_dir.glob("*.zip"))), "--output-dir", str(out_dir),
                "--frames", str(frames_each), "--fps", str(FPS), "--procs", str(os.cpu_count() or 1),
-               "--json", str(stats)]
+               "--json", str(stats), *(["--env", resolve_game(game).gym_id] if game else [])]
     m = measure(cmd, work / f"{tag}.log")
     inner = json.loads(stats.read_text()) if stats.is_file() else {}
     stats.unlink(missing_ok=True)
@@ -627,16 +659,17 @@ def run_end_to_end(args: argparse.Namespace, tools: list[str], result: dict) -> 
     mem: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="gpurender-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        sources, result["checkpoints"] = source_checkpoints(tmp)
+        sources, result["checkpoints"], game = source_checkpoints(tmp)
         print(f"\n== end to end ({result['checkpoints']})", flush=True)
         warm = milestone_dir(sources, 1, tmp)
         for tool in [] if args.skip_warmup else tools:  # page cache, bytecode, ROMs: the first case not cold
-            run_tool(tool, warm, 1, 0.5, tmp, args)
+            run_tool(tool, warm, 1, 0.5, tmp, args, game)
         for n in args.milestone_counts:
             run_dir = milestone_dir(sources, n, tmp)
             pair = {}
             for tool in tools:
-                pair[tool] = best_of([run_tool(tool, run_dir, n, args.seconds, tmp, args) for _ in range(args.repeat)])
+                runs = [run_tool(tool, run_dir, n, args.seconds, tmp, args, game) for _ in range(args.repeat)]
+                pair[tool] = best_of(runs)
                 r = pair[tool]
                 print(f"{tool:9s} {n:3d} x {args.seconds:g} s: {r.wall_s:7.1f} s wall, {r.fps:7.1f} fps, "
                       f"{r.realtime:5.2f}x real time, {r.cpu_s:6.1f} CPU s, peak RSS {r.peak_rss_mib:,.0f} MiB",
@@ -650,7 +683,7 @@ def run_end_to_end(args: argparse.Namespace, tools: list[str], result: dict) -> 
             run_dir = milestone_dir(sources, 1, tmp)
             for tool in tools:
                 for s in args.memory_clips:
-                    r = run_tool(tool, run_dir, 1, s, tmp, args)
+                    r = run_tool(tool, run_dir, 1, s, tmp, args, game)
                     mem.append(r)
                     print(f"{tool:9s} 1 x {s:g} s: peak RSS {r.peak_rss_mib:,.0f} MiB (PSS {r.peak_pss_mib:,.0f})",
                           flush=True)

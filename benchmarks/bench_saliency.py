@@ -3,8 +3,9 @@ batch-1 forward per mask, actor and critic separately) against gpurender's batch
 :class:`~gpurender.saliency.SaliencyComputer`, in one process, on the same observations, in
 alternating rounds; the median round of each case is reported.
 
-* Observations: real Breakout frame stacks (SB3's ``make_atari_env`` + ``VecFrameStack``), played
-  by the bundled 100 % demo milestone; milestone ``m`` of a step gets observation ``t + m``.
+* Observations: real frame stacks of the demo's game (``gpurender.demo.GAME``; SB3's
+  ``make_atari_env`` + ``VecFrameStack``), played by the bundled 100 % demo milestone; milestone
+  ``m`` of a step gets observation ``t + m``.
 * Baseline: the 100 % milestone through ``PPO.load``; a frame is its actor and critic maps. Its
   cost per frame does not depend on how many milestones there are (it does them one by one).
 * gpurender: one ``maps()`` call per step for every milestone's observation, as a render step would
@@ -63,20 +64,24 @@ from bench import FPS, measure, write_results  # noqa: E402
 from bench_stages import machine_info  # noqa: E402
 
 from gpurender.agents import Agent, pick_device  # noqa: E402
-from gpurender.demo import demo_checkpoints  # noqa: E402
+from gpurender.demo import GAME, demo_checkpoints  # noqa: E402
+from gpurender.games import resolve_game  # noqa: E402
 from gpurender.saliency import SaliencyComputer  # noqa: E402
+
+DEMO_GAME = resolve_game(GAME)
+"""The game the bundled demo milestones play."""
 
 
 def observations(n: int, warmup: int = 40) -> np.ndarray:
-    """(n, 4, 84, 84) uint8: Breakout as SB3 trains on it, played by the 100 % demo milestone
-    (after ``warmup`` steps, so the ball is in play)."""
+    """(n, 4, 84, 84) uint8: the demo's game as SB3 trains on it, played by the 100 % demo
+    milestone (after ``warmup`` steps, so the game is under way)."""
     import ale_py
     import gymnasium as gym
     from stable_baselines3.common.env_util import make_atari_env
     from stable_baselines3.common.vec_env import VecFrameStack
 
     gym.register_envs(ale_py)
-    venv = VecFrameStack(make_atari_env("BreakoutNoFrameskip-v4", n_envs=1, seed=0), n_stack=4)
+    venv = VecFrameStack(make_atari_env(DEMO_GAME.gym_id, n_envs=1, seed=0), n_stack=4)
     agent = Agent(demo_checkpoints()[-1], device="cpu")
     out, o = [], venv.reset()
     for t in range(warmup + n):
@@ -138,7 +143,7 @@ def markdown(result: dict) -> str:
         f"| torch | {m['torch']} on `{m['device']}`{' (' + m['gpu'] + ')' if m.get('gpu') else ''}, "
         f"{m['torch_threads']} thread{'s' if m['torch_threads'] != 1 else ''} |",
         f"| load average at start / end | {m['load_avg_at_start']} / {m['load_avg_at_end']} |",
-        f"| observations | {result['observations']} real Breakout stacks (SB3 wrappers), the 100 % demo "
+        f"| observations | {result['observations']} real {result['game']} stacks (SB3 wrappers), the 100 % demo "
         "milestone playing |",
         "",
         f"Median of {result['repeat']} alternating rounds. Baseline: `benchmarks/baseline_saliency.py` (the paper's "
@@ -210,7 +215,7 @@ def build_cases(args: argparse.Namespace, device: torch.device, obs: np.ndarray,
 
 # -- whole renders (--render) ----------------------------------------------------------------------
 
-ENV_ID = "BreakoutNoFrameskip-v4"
+ENV_ID = DEMO_GAME.gym_id
 """The demo milestones' game, in the original tool's spelling."""
 
 
@@ -271,6 +276,7 @@ def render_markdown(result: dict) -> str:
         "(the simulation process sets torch to max(1, min(4, cores // 4)) threads, "
         f"{max(1, min(4, m['cores'] // 4))} here; llvmpipe and x264 threads as they choose) |",
         f"| load average at start / end | {m['load_avg_at_start']} / {m['load_avg_at_end']} |",
+        f"| game | {result['game']} (the bundled demo's), both tools |",
         "",
         f"Median of {result['repeat']} alternating rounds. Baseline: the original tool's frame loop "
         "(`baseline_seed.play`: one env, batch-1 forwards, OpenCV panel and diagram) with the paper's actor and "
@@ -340,6 +346,7 @@ def main_render(args: argparse.Namespace, info: dict) -> int:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python", "benchmarks/bench_saliency.py", *(sys.argv[1:])]),
         "machine": info,
+        "game": DEMO_GAME.name,
         "repeat": args.repeat,
         "baseline_frames": args.baseline_frames,
         "clip_seconds": args.clip_seconds,
@@ -402,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python", "benchmarks/bench_saliency.py", *(sys.argv[1:] if argv is None else argv)]),
         "machine": info,
+        "game": DEMO_GAME.name,
         "repeat": args.repeat,
         "observations": len(obs),
         "cases": results,

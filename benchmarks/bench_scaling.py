@@ -41,10 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def command(case: str, n: int | str, run_dir: Path, out: Path, args: argparse.Namespace) -> list[str]:
-    render = [sys.executable, "-m", "gpurender", "render", "--model-dir", str(run_dir), "--output-dir", str(out),
-              "--clip-seconds", f"{args.seconds:g}", "--device", args.device, "--force", "--quiet",
-              "--workers", str(n)]
+def command(case: str, n: int | str, run_dir: Path, game: str, out: Path, args: argparse.Namespace) -> list[str]:
+    """The render of ``run_dir``'s checkpoints (which play ``game``) as ``n`` local pipelines or Ray tasks."""
+    render = [sys.executable, "-m", "gpurender", "render", "--model-dir", str(run_dir), "--game", game,
+              "--output-dir", str(out), "--clip-seconds", f"{args.seconds:g}", "--device", args.device, "--force",
+              "--quiet", "--workers", str(n)]
     if case == "ray":
         render.append("--ray")
         return ["unshare", "-n", "bash", "-c", f"ip link set lo up && exec {shlex.join(render)}"]
@@ -64,13 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list] = {f"{c} {n}": [] for c, n in cases}
     with tempfile.TemporaryDirectory(prefix="gpurender-scaling-") as tmp:
         work = Path(tmp)
-        sources, described = source_checkpoints(work)
+        sources, described, game = source_checkpoints(work)
         run_dir = milestone_dir(sources, args.milestones, work)
         for r in range(args.repeat):
             for case, n in cases:
                 key = f"{case} {n}"
                 out = work / f"out-{case}-{n}"
-                m = measure(command(case, n, run_dir, out, args), work / f"{case}-{n}-{r}.log")
+                m = measure(command(case, n, run_dir, game, out, args), work / f"{case}-{n}-{r}.log")
                 if m.returncode != 0:
                     print(f"{key} failed:\n{m.log_tail}", file=sys.stderr)
                     return 1

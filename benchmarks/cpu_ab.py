@@ -5,13 +5,13 @@
     python benchmarks/cpu_ab.py --a /tmp/base15 --b . --runs 6 --milestones 4 --seconds 30
 
 Each tree's ``gpurender/`` is imported through ``PYTHONPATH`` with ``PYTHONSAFEPATH=1`` (so the
-working folder's checkout is not imported instead). The job is the bundled demo milestones
-(``--demo``), repeated to ``--milestones`` copies as ``bench.py`` does. On a VM whose speed
+working folder's checkout is not imported instead). The job is the bundled demo milestones on the
+demo's own game, repeated to ``--milestones`` copies as ``bench.py`` does. On a VM whose speed
 drifts, only these same-run ratios are comparable; absolute times are printed for the record.
 The CPU is split by process and thread kind as ``bench.py`` splits it (see benchmarks/README.md).
-With ``--own-demo`` each tree renders its own bundled demo checkpoints (to count a change to the
-archives); otherwise both render this checkout's. The load average is printed before and after,
-and whether the two trees wrote byte-identical videos.
+With ``--own-demo`` each tree renders its own bundled demo checkpoints on its own demo's game (to
+count a change to the archives); otherwise both render this checkout's. The load average is
+printed before and after, and whether the two trees wrote byte-identical videos.
 """
 
 from __future__ import annotations
@@ -28,16 +28,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench import measure, milestone_dir, source_checkpoints  # noqa: E402
+from bench import demo_game, measure, milestone_dir, source_checkpoints  # noqa: E402
+
+from gpurender.games import resolve_game  # noqa: E402
 
 FPS = 30
 
 
-def run_once(tree: Path, run_dir: Path, seconds: float, work: Path, tag: str, extra: list[str]) -> dict:
-    """One whole command with ``tree``'s code; -> wall, CPU seconds, CPU by thread kind."""
+def run_once(tree: Path, run_dir: Path, game: str, seconds: float, work: Path, tag: str, extra: list[str]) -> dict:
+    """One whole command with ``tree``'s code on ``run_dir``'s checkpoints, which play ``game``;
+    -> wall, CPU seconds, CPU by thread kind."""
     out_dir = work / tag
-    cmd = [sys.executable, "-m", "gpurender", "render", "--model-dir", str(run_dir), "--output-dir", str(out_dir),
-           "--clip-seconds", f"{seconds:g}", "--fps", str(FPS), "--quiet", "--force", *extra]
+    cmd = [sys.executable, "-m", "gpurender", "render", "--model-dir", str(run_dir), "--game", game,
+           "--output-dir", str(out_dir), "--clip-seconds", f"{seconds:g}", "--fps", str(FPS), "--quiet", "--force",
+           *extra]
     env_before = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONSAFEPATH")}
     os.environ["PYTHONPATH"], os.environ["PYTHONSAFEPATH"] = str(tree.resolve()), "1"
     try:
@@ -77,10 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     frames = args.milestones * round(args.seconds * FPS)
     with tempfile.TemporaryDirectory(prefix="cpu-ab-") as tmp:
         work = Path(tmp)
-        run_dirs = {}
+        shared = None if args.own_demo else source_checkpoints(work)
+        run_dirs, games = {}, {}
         for side in ("a", "b"):
             (work / side).mkdir()
-            sources = tree_demo(getattr(args, side)) if args.own_demo else source_checkpoints(work)[0]
+            tree = getattr(args, side)
+            if shared is None:
+                sources, games[side] = tree_demo(tree), resolve_game(demo_game(tree)).name
+            else:
+                sources, games[side] = shared.paths, shared.game
             run_dirs[side] = milestone_dir(sources, args.milestones, work / side)
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
         runs: dict[str, list[dict]] = {"a": [], "b": []}
@@ -88,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, pair in enumerate(order):
             for side in pair:
                 tree = args.a if side == "a" else args.b
-                r = run_once(tree, run_dirs[side], args.seconds, work, f"{side}{i}", args.extra)
+                r = run_once(tree, run_dirs[side], games[side], args.seconds, work, f"{side}{i}", args.extra)
                 runs[side].append(r)
                 print(f"{side} run {i}: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s = "
                       f"{1e3 * r['cpu_s'] / frames:.2f} ms/frame, mp4 {sum(r['mp4_bytes']) / 1e6:.2f} MB", flush=True)

@@ -1,7 +1,8 @@
-"""End-to-end `gpurender render` on N milestones x S seconds, for machines without the full
-suite's dependencies (the device machine): whole command timed by the suite's own ``measure``
-(wall, CPU of every process, peak RSS from /usr/bin/time when present), stage split from
---stats-json. Writes benchmarks/results/gpu-<name>.json."""
+"""End-to-end `gpurender render` on N milestones x S seconds (copies of one bundled demo
+milestone, on the demo's game), for machines without the full suite's dependencies (the
+device machine): whole command timed by the suite's own ``measure`` (wall, CPU of every process,
+peak RSS from /usr/bin/time when present), stage split from --stats-json. Writes
+benchmarks/results/gpu-<name>.json."""
 
 from __future__ import annotations
 
@@ -16,27 +17,34 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # also under PYTHONSAFEPATH (gpu_check.sh BASELINE)
-from bench import ROOT, measure, plot_fps
+from bench import ROOT, demo_game, measure, plot_fps
 
 
-def make_checkpoints(folder: Path, n: int) -> None:
+def make_checkpoints(folder: Path, n: int) -> str:
+    """``n`` copies of one bundled demo milestone (an untrained PPO on Breakout where there is none)
+    in ``folder``; -> the game they play, as ``gpurender render --game`` takes it."""
     import ale_py
     import gymnasium as gym
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_atari_env
     from stable_baselines3.common.vec_env import VecFrameStack
 
+    from gpurender.games import resolve_game
+
     demo = sorted((Path(__file__).resolve().parents[1] / "gpurender" / "demo").glob("*.zip"))
     src = folder / "src.zip"
     if demo:
         shutil.copy(demo[-1], src)
+        game = resolve_game(demo_game()).name
     else:
         gym.register_envs(ale_py)
         env = VecFrameStack(make_atari_env("BreakoutNoFrameskip-v4", n_envs=1, seed=0), 4)
         PPO("CnnPolicy", env, n_steps=8, batch_size=8, device="cpu").save(src)
+        game = "Breakout"
     for k in range(n):
         shutil.copy(src, folder / f"pct_{k + 1}.zip")
     src.unlink()
+    return game
 
 
 def imported_gpurender() -> str:
@@ -51,10 +59,11 @@ def run(n: int, seconds: float, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         ck, out = Path(tmp) / "ck", Path(tmp) / "out"
         ck.mkdir()
-        make_checkpoints(ck, n)
+        game = make_checkpoints(ck, n)
         stats, log = Path(tmp) / "stats.json", Path(tmp) / "render.log"
-        cmd = [sys.executable, "-m", "gpurender", "render", "--model-dir", str(ck), "--output-dir", str(out),
-               "--clip-seconds", str(seconds), "--quiet", "--force", "--stats-json", str(stats), *extra]
+        cmd = [sys.executable, "-m", "gpurender", "render", "--model-dir", str(ck), "--game", game,
+               "--output-dir", str(out), "--clip-seconds", str(seconds), "--quiet", "--force", "--stats-json",
+               str(stats), *extra]
         m = measure(cmd, log)  # the suite's: wall, exact CPU of the process tree, peak RSS
         if m.returncode != 0:
             print(m.log_tail)
@@ -63,7 +72,7 @@ def run(n: int, seconds: float, extra: list[str]) -> dict:
         summary = [line for line in log.read_text(errors="replace").splitlines() if "frames/s" in line]
         report = json.loads(stats.read_text()) if stats.exists() else {}
         split = report.get("stage_seconds", {})
-        return {"milestones": n, "seconds": seconds, "frames": frames, "wall_s": round(m.wall_s, 2),
+        return {"milestones": n, "game": game, "seconds": seconds, "frames": frames, "wall_s": round(m.wall_s, 2),
                 "fps": round(frames / m.wall_s, 1), "realtime_x": round(n * seconds / m.wall_s, 1),
                 "peak_rss_mib": None if m.max_process_rss_mib is None else round(m.max_process_rss_mib),
                 "cpu_seconds": round(m.cpu_s, 1),

@@ -5,11 +5,11 @@
 set -uo pipefail
 . "$(dirname "$0")/gpu_setup.sh"
 N=${1:-16}; S=${2:-20}
-python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import gpu_e2e; \
-Path('/tmp/ck').mkdir(); gpu_e2e.make_checkpoints(Path('/tmp/ck'), $N)"
+GAME=$(python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import gpu_e2e; \
+Path('/tmp/ck').mkdir(); print(gpu_e2e.make_checkpoints(Path('/tmp/ck'), $N))" | tail -1)  # the demo's game
 for mode in active gil; do  # every thread that runs, then only the ones holding the GIL
   /tmp/py-spy record -r 250 --threads --subprocesses $([ $mode = gil ] && echo --gil) --format raw \
-    -o "$OUT/$mode.txt" -- python3 -m gpurender render --model-dir /tmp/ck --output-dir /tmp/vid \
+    -o "$OUT/$mode.txt" -- python3 -m gpurender render --model-dir /tmp/ck --game "$GAME" --output-dir /tmp/vid \
     --clip-seconds "$S" --quiet --force --stats-json "$OUT/stats-$mode.json" 2>&1 | quiet | tail -3
 done
 cat "$OUT"/stats-*.json

@@ -1,12 +1,14 @@
 """Preview pacing: how steady is the window's frame rate, and does it drift?
 
 Opens the real preview window (one milestone, an untrained PPO on Breakout unless ``--model-dir``
-is given), warms up for a second, then records the start time of every frame for ``--seconds``
-at ``--fps`` (real-time pacing, the default mode), and finally runs ``--uncapped-seconds``
-uncapped to show the headroom. Needs an X display::
+is given, playing ``--game``), warms up for a second, then records the start time of every frame
+for ``--seconds`` at ``--fps`` (real-time pacing, the default mode), and finally runs
+``--uncapped-seconds`` uncapped to show the headroom. Needs an X display::
 
     xvfb-run -a python benchmarks/preview_pacing.py                 # ~10 s at 30 fps (+3 s uncapped)
     xvfb-run -a python benchmarks/preview_pacing.py --fps 60 --seconds 5
+    xvfb-run -a python benchmarks/preview_pacing.py --model-dir gpurender/demo/step_300000_pct_100.zip \
+        --game <the demo's game, gpurender.demo.GAME>
 
 Writes ``benchmarks/results/preview-pacing-<name>.json`` and ``.md``: mean frame interval, its
 standard deviation (jitter), min / max and percentiles, frames later than 1.5 periods, schedule
@@ -40,6 +42,8 @@ from bench_stages import machine_info, make_checkpoint, short_renderer
 
 from gpurender.agents import pick_device
 from gpurender.config import PreviewConfig, RenderConfig
+from gpurender.demo import GAME as DEMO_GAME
+from gpurender.games import resolve_game
 from gpurender.preview import Preview
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -145,11 +149,16 @@ def main() -> int:
     ap.add_argument("--uncapped-seconds", type=float, default=3.0)
     ap.add_argument("--also-fps", type=int, default=15,
                     help="a second paced run at this rate, one the machine can sustain (0: none)")
-    ap.add_argument("--model-dir", type=Path, help="checkpoint(s) to show (default: an untrained PPO)")
+    ap.add_argument("--model-dir", type=Path, help="checkpoint(s) to show (default: an untrained PPO on Breakout)")
+    ap.add_argument("--game", default="Breakout",
+                    help=f"the game the --model-dir checkpoints play (default Breakout; the bundled demo's is "
+                         f"{DEMO_GAME})")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as `gpurender preview` on CPU)")
     ap.add_argument("--name", default="vm", help="machine name in the result file names")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    if args.model_dir is None and resolve_game(args.game).name != "Breakout":
+        ap.error(f"--game {args.game} needs --model-dir: the default agent is an untrained PPO on Breakout")
     if not os.environ.get("DISPLAY"):
         print("preview_pacing: no DISPLAY; run it under `xvfb-run -a`", file=sys.stderr)
         return 2
@@ -157,7 +166,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir or make_checkpoint(Path(tmp), "pct_50.zip")
-        cfg = RenderConfig(model_dir=(model_dir,), fps=args.fps, device="cpu")
+        cfg = RenderConfig(model_dir=(model_dir,), game=args.game, fps=args.fps, device="cpu")
         info = machine_info(pick_device(cfg.device))
         with Preview(cfg, PreviewConfig(output_dir=Path(tmp))) as pv:
             measure(pv, args.warmup)
@@ -178,6 +187,7 @@ def main() -> int:
                 date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
     res = {
         "machine": info,
+        "game": args.game,
         "fps": args.fps,
         "seconds": args.seconds,
         "warmup_s": args.warmup,
