@@ -129,10 +129,12 @@ def case_table(cases: list[dict]) -> list[str]:
     return lines
 
 
-def markdown(result: dict) -> str:
+def machine_head(result: dict, title: str, rows: list[str]) -> list[str]:
+    """A results file's title, date, commit and command, and its machine table (``rows``: the
+    lines between the core count and the load averages)."""
     m = result["machine"]
-    lines = [
-        f"# Saliency benchmark — {result['name']}",
+    return [
+        f"# {title} — {result['name']}",
         "",
         f"{result['date']} · commit {m.get('commit') or '?'} · `{result['command']}`",
         "",
@@ -140,9 +142,17 @@ def markdown(result: dict) -> str:
         "|---|---|",
         f"| CPU | {m['cpu']} |",
         f"| cores | {m['cores']} |",
-        f"| torch | {m['torch']} on `{m['device']}`{' (' + m['gpu'] + ')' if m.get('gpu') else ''}, "
-        f"{m['torch_threads']} thread{'s' if m['torch_threads'] != 1 else ''} |",
+        *rows,
         f"| load average at start / end | {m['load_avg_at_start']} / {m['load_avg_at_end']} |",
+    ]
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        *machine_head(result, "Saliency benchmark", [
+            f"| torch | {m['torch']} on `{m['device']}`{' (' + m['gpu'] + ')' if m.get('gpu') else ''}, "
+            f"{m['torch_threads']} thread{'s' if m['torch_threads'] != 1 else ''} |"]),
         f"| observations | {result['observations']} real {result['game']} stacks (SB3 wrappers), the 100 % demo "
         "milestone playing |",
         "",
@@ -264,18 +274,10 @@ def gpurender_render(method: str, milestones: int, seconds: float, device: str, 
 def render_markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
-        f"# Saliency render benchmark — {result['name']}",
-        "",
-        f"{result['date']} · commit {m.get('commit') or '?'} · `{result['command']}`",
-        "",
-        "| machine | |",
-        "|---|---|",
-        f"| CPU | {m['cpu']} |",
-        f"| cores | {m['cores']} |",
-        f"| threads | baseline: torch {m['torch_threads']}, OpenCV {m['opencv_threads']}; gpurender: its own "
-        "(the simulation process sets torch to max(1, min(4, cores // 4)) threads, "
-        f"{max(1, min(4, m['cores'] // 4))} here; llvmpipe and x264 threads as they choose) |",
-        f"| load average at start / end | {m['load_avg_at_start']} / {m['load_avg_at_end']} |",
+        *machine_head(result, "Saliency render benchmark", [
+            f"| threads | baseline: torch {m['torch_threads']}, OpenCV {m['opencv_threads']}; gpurender: its own "
+            "(the simulation process sets torch to max(1, min(4, cores // 4)) threads, "
+            f"{max(1, min(4, m['cores'] // 4))} here; llvmpipe and x264 threads as they choose) |"]),
         f"| game | {result['game']} (the bundled demo's), both tools |",
         "",
         f"Median of {result['repeat']} alternating rounds. Baseline: the original tool's frame loop "
