@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from train_demo import random_play
 
 from gpurender.agents import Agent
 from gpurender.demo import GAME as DEMO_GAME
@@ -69,26 +70,6 @@ def sb3_scores(path: Path, game: str, n_games: int, seed: int) -> list[float]:
     return [float(r) for r in rewards]
 
 
-def random_scores(game: str, n_games: int, seed: int) -> list[float]:
-    """Full-game scores of uniformly random actions on SB3's ``make_atari_env`` set-up (the
-    Monitor's unclipped score of a whole game): the bar a trained milestone is compared with."""
-    import ale_py
-    import gymnasium as gym
-    from stable_baselines3.common.env_util import make_atari_env
-
-    gym.register_envs(ale_py)
-    env = make_atari_env(resolve_game(game).gym_id, n_envs=1, seed=seed)
-    env.action_space.seed(seed)
-    scores: list[float] = []
-    env.reset()
-    while len(scores) < n_games:
-        _, _, dones, infos = env.step(np.array([env.action_space.sample()]))
-        if dones[0] and "episode" in infos[0]:
-            scores.append(float(infos[0]["episode"]["r"]))
-    env.close()
-    return scores
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoints", nargs="*", type=Path)
@@ -110,7 +91,7 @@ def main() -> None:
         print(f"{path.name}: gpurender {m1:.1f} [{lo1:.1f}, {hi1:.1f}] (n={len(ours)})  "
               f"SB3 evaluate_policy {m2:.1f} [{lo2:.1f}, {hi2:.1f}] (n={len(theirs)})  "
               f"{'overlap' if overlap else 'NO OVERLAP'}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    rand = random_scores(args.game, args.games, 3000)
+    rand = random_play(resolve_game(args.game).gym_id, args.games, seed=3000)
     rand_ci = mean_ci(rand)
     print(f"random play: {rand_ci[0]:.1f} [{rand_ci[1]:.1f}, {rand_ci[2]:.1f}] (n={len(rand)})", flush=True)
     RESULTS.mkdir(exist_ok=True)
