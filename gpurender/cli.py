@@ -43,11 +43,13 @@ def _verbose(p: argparse.ArgumentParser) -> None:
 
 def _source(p: argparse.ArgumentParser) -> None:
     """Which checkpoints, which game, how the agents act."""
+    from gpurender import demo
+
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model-dir", nargs="+", metavar="PATH",
                        help="run folder(s), milestones/ folder(s) or checkpoint .zip files")
     which.add_argument("--demo", action="store_true",
-                       help="use the bundled demo checkpoints (PPO Breakout at 0, 25, 50 and 100%%) "
+                       help=f"use the bundled demo checkpoints (PPO {demo.GAME} at 0, 25, 50 and 100%%) "
                        "instead of --model-dir")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="the original tool's conf/config.yaml (game, algo, fps, clip length, milestones); "

@@ -77,6 +77,22 @@ def grid_run(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
+def scoring_grid(tmp_path_factory: pytest.TempPathFactory):
+    """A grid whose games score inside the clip: four milestones that are all the trained Breakout
+    PPO of tests/data (it scores at frames 38 and 77; the demo's RoadRunner agents first score
+    after ~300 steps), one job, with traces."""
+    run = tmp_path_factory.mktemp("scoring") / "milestones"
+    run.mkdir()
+    for step, pct in ((0, 0), (100, 25), (200, 50), (400, 100)):
+        shutil.copy(Path(__file__).parent / "data" / "ppo_breakout_300k.zip", run / f"step_{step}_pct_{pct}.zip")
+    cfg = RenderConfig(model_dir=(run,), game="Breakout", output_dir=run.parent / "videos", clip_seconds=CLIP / FPS,
+                       fps=FPS, device="cpu", trace=True, progress_video=True, milestone_videos=True)
+    report = render(cfg, progress=False)
+    assert not report.failures and report.progress is not None
+    return report, _frames(report.progress.path, {0, 37, 38, 39, 76, 77})
+
+
+@pytest.fixture(scope="module")
 def grid_frames(grid_run):
     report, _ = grid_run
     return _frames(report.progress.path, {0, 1, 37, 38, 39, 76, 77, CLIP - 1, CLIP, CLIP + CLOSING - 1})
@@ -125,12 +141,11 @@ def test_each_tile_is_its_milestones_own_frame(grid_run, grid_frames):
             assert min(others) > 100, f"frame {t} tile {k} looks like another milestone's ({others})"
 
 
-def test_captions_name_the_milestone_and_follow_the_live_score(grid_run, grid_frames):
+def test_captions_name_the_milestone_and_follow_the_live_score(scoring_grid):
     """Each tile's caption box replaces its panel's header; the label parts differ from milestone
     to milestone, the score parts read alike while the scores are equal, and a score part
     changes exactly where its game's score (the trace) changes."""
-    report, _ = grid_run
-    _, _, _, frames = grid_frames
+    report, (_, _, _, frames) = scoring_grid
     cells = [(int(x), int(y)) for x, y, _, _ in grid_placement(4).cells]
     label = lambda f, x, y: f[y + 6 : y + 48, x + 12 : x + 250]  # noqa: E731
     score = lambda f, x, y: f[y + 6 : y + 48, x + 330 : x + 472]  # noqa: E731
@@ -261,8 +276,8 @@ def sequence_run(tmp_path_factory: pytest.TempPathFactory):
     for zip_ in demo_checkpoints():
         shutil.copy(zip_, run / "milestones" / zip_.name)
     out = run / "videos"
-    proc = run_cli("progress", "--model-dir", run, "--output-dir", out, "--layout", "sequence", "--clip-seconds",
-                   SEQ_CLIP / FPS, "--fps", FPS, "--device", "cpu", "--quiet")
+    proc = run_cli("progress", "--model-dir", run, "--game", GAME, "--output-dir", out, "--layout", "sequence",
+                   "--clip-seconds", SEQ_CLIP / FPS, "--fps", FPS, "--device", "cpu", "--quiet")
     assert proc.returncode == 0, proc.stderr
     return proc, out
 

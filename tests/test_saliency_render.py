@@ -89,7 +89,7 @@ def test_maps_drawn_where_and_as_traced(renders: dict[str, Path], method: str) -
         assert model[high].mean() < 6 and model.mean() < 2, \
             "the drawn colours are not the traced maps blended at their place"
         if method == "perturbation":  # gradient maps are nowhere exactly 0
-            assert zero.mean() > 0.2
+            assert zero.mean() > 0.02  # enough map-free pixels to check (tens of thousands)
             assert changed[zero].mean() < 1.0 and np.percentile(changed[zero], 99) <= 6, \
                 "the game changed where no map is"
         # the legend under the diagram names the method; without saliency that strip is empty

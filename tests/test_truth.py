@@ -1,7 +1,7 @@
 """Truth tests: what a real agent's video shows is what that agent computed, end to end.
 
-Three real checkpoints (the bundled trained PPO on the demo's game, conftest's A2C and DQN on
-Breakout) are rendered as a user renders them, one job per game, with ``trace=True``. Then, independently of the render:
+Three real Breakout checkpoints (a trained PPO kept in tests/data, conftest's A2C and DQN) are
+rendered in one job, as a user renders them, with ``trace=True``. Then, independently of the render:
 
 * the game is replayed here (same game, seed and backend, stepping the trace's actions) and
   SB3's own methods run on the observations the agent saw: the trace's probabilities, Q-values,
@@ -47,6 +47,9 @@ from gpurender.render.layout import (
 )
 
 GAME = resolve_game("Breakout")
+TRAINED_PPO = Path(__file__).parent / "data" / "ppo_breakout_300k.zip"
+"""A trained Breakout PPO (300k steps: the bundled demo's 100 % milestone before the demo moved to
+RoadRunner): it serves, returns the ball and scores within the clip."""
 FPS = 15
 FRAMES = 200
 """Long enough for conftest's DQN (always FIRE) to lose its fifth life: step 184, 2 points."""
@@ -211,32 +214,24 @@ def atlas() -> GlyphAtlas:
 @pytest.fixture(scope="session")
 def clips(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
           atlas: GlyphAtlas) -> dict[str, Clip]:
-    """The checkpoints of :data:`LABELS` rendered as a user renders them, one job per game (the
-    trained PPO plays the demo's game, the others :data:`GAME`), 200 frames at 15 fps, with traces."""
-    from gpurender.demo import GAME as DEMO_GAME
-    from gpurender.demo import demo_checkpoints
+    """The checkpoints of :data:`LABELS` rendered in one job, 200 frames at 15 fps, with traces."""
     from gpurender.pipeline import render
     from gpurender.sidecar import sidecar_path
     from gpurender.trace import read_trace
 
-    trained_ppo = next(p for p in demo_checkpoints() if p.stem.endswith("pct_100"))
     root = tmp_path_factory.mktemp("truth")
-    sources = {algo: trained_ppo if algo == "PPO" else request.getfixturevalue(f"{algo.lower()}_checkpoint")
+    run = root / "run"
+    run.mkdir()
+    sources = {algo: TRAINED_PPO if algo == "PPO" else request.getfixturevalue(f"{algo.lower()}_checkpoint")
                for algo in LABELS}
-    games = {algo: resolve_game(DEMO_GAME).name if algo == "PPO" else GAME.name for algo in LABELS}
-    videos = []
-    for game in sorted(set(games.values())):
-        run = root / f"run_{game}"
-        run.mkdir()
-        for algo in (a for a in LABELS if games[a] == game):
-            shutil.copy(sources[algo], run / f"{LABELS[algo]}.zip")
-        cfg = RenderConfig(model_dir=(run,), output_dir=root / "videos", game=game, clip_seconds=FRAMES / FPS,
-                           fps=FPS, seed=SEED, backend=BACKEND, device="cpu", encoder="x264", trace=True)
-        report = render(cfg, progress=False)
-        assert report.failures == []
-        videos += report.videos
+    for algo, src in sources.items():
+        shutil.copy(src, run / f"{LABELS[algo]}.zip")
+    cfg = RenderConfig(model_dir=(run,), output_dir=root / "videos", game=GAME.name, clip_seconds=FRAMES / FPS,
+                       fps=FPS, seed=SEED, backend=BACKEND, device="cpu", encoder="x264", trace=True)
+    report = render(cfg, progress=False)
+    assert report.failures == []
     out = {}
-    for v in videos:
+    for v in report.videos:
         algo = v.agent.algo
         assert v.trace is not None and v.trace.is_file(), f"{v.path.name}: no trace written"
         sidecar = json.loads(sidecar_path(v.path).read_text())

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 from _video import decode, message_lines, run_cli, start_cli, wait_cli
@@ -20,6 +21,7 @@ from gpurender.demo import demo_checkpoints
 from gpurender.milestones import find_milestones
 from gpurender.outputs import MilestoneLocks, partial_path, remove_dead_writers_partials, remove_partials
 from gpurender.shards import Shard, auto_workers, plan_shards, shard_device
+from gpurender.trace import read_trace, trace_path
 
 GIB = 1 << 30
 
@@ -152,14 +154,18 @@ def _no_leftovers(out: Path) -> None:
 def one_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference: 2 milestones x 2 games in one pipeline."""
     out = tmp_path_factory.mktemp("workers1")
-    proc = _render(out, "--envs-per-milestone", "2", "--quiet")
+    proc = _render(out, "--envs-per-milestone", "2", "--trace", "--quiet")
     assert proc.returncode == 0, proc.stderr
     return out
 
 
 def test_shards_write_the_videos_one_pipeline_writes(one_pipeline: Path, tmp_path: Path):
-    """3 shards of 2 milestones x 2 games: one milestone's games split between two shards."""
-    proc = _render(tmp_path, "--envs-per-milestone", "2", "--workers", "3")
+    """3 shards of 2 milestones x 2 games: milestone 100's games in one shard, milestone 0's split
+    between two (``plan_shards``). A whole milestone's videos are the one pipeline's, frame for
+    frame. A split one runs batch-1 forwards instead of one forward of 2, whose float rounding
+    differs: the same actions and scores, numbers within 1e-6, and under 0.1 % of the decoded
+    pixels a few levels off (x264 codes a source that differs by a level here and there)."""
+    proc = _render(tmp_path, "--envs-per-milestone", "2", "--workers", "3", "--trace")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "x2 milestones, 3 workers" in proc.stderr  # one progress bar for the job
@@ -167,8 +173,17 @@ def test_shards_write_the_videos_one_pipeline_writes(one_pipeline: Path, tmp_pat
     assert sorted(got) == sorted(want) and len(got) == 4
     for name, frames in want.items():
         assert len(got[name]) == len(frames) == 30
+        ours, theirs = (read_trace(trace_path(d / name)) for d in (tmp_path, one_pipeline))
+        assert [r["action"] for r in ours] == [r["action"] for r in theirs]
+        for key in ("probs", "value", "levels"):
+            diff = max(np.abs(np.subtract(a[key], b[key])).max() for a, b in zip(ours, theirs, strict=True))
+            assert diff <= (0.0 if "pct_100" in name else 1e-6), f"{name} {key}: {diff}"
         for t, (a, b) in enumerate(zip(frames, got[name], strict=True)):
-            assert (a == b).all(), f"{name} frame {t} differs from the one-pipeline render"
+            if "pct_100" in name:
+                assert (a == b).all(), f"{name} frame {t} differs from the one-pipeline render"
+            else:
+                off = np.abs(a.astype(np.int16) - b)
+                assert off.max() <= 16 and (off > 0).mean() < 1e-3, f"{name} frame {t}: {off.max()}, {(off > 0).mean()}"
         ours, theirs = (json.loads((d / name).with_suffix(".json").read_text()) for d in (tmp_path, one_pipeline))
         assert ours["episode_returns"] == theirs["episode_returns"]
         assert ours["unfinished_episode_score"] == theirs["unfinished_episode_score"]

@@ -1,4 +1,4 @@
-"""``gpurender demo``: render the bundled milestones of a real PPO Breakout run (trained by
+"""``gpurender demo``: render the bundled milestones of a real PPO RoadRunner run (trained by
 ``benchmarks/train_demo.py``) and write a captioned contact sheet, so a newcomer sees a result
 with no checkpoint of their own."""
 
@@ -16,8 +16,12 @@ OUTPUT_DIR = Path("gpurender-demo")
 """Where ``gpurender demo`` writes by default."""
 CLIP_SECONDS = 20.0
 """The demo's default clip length: long enough to see each milestone play."""
-GAME = "Breakout"
+GAME = "RoadRunner"
 """The game the bundled checkpoints were trained on."""
+STOCHASTIC = True
+"""``gpurender demo`` samples the agents' actions (seeded: the same command, the same videos), as
+rl-zoo plays Atari agents by default: with the most likely action this short run's agents stand
+still on the road once they have eaten the first seeds (benchmarks/results/train_demo.md)."""
 
 CAPTION_BACKGROUND = (24, 24, 28)
 CAPTION_TEXT = (235, 235, 235)
@@ -33,10 +37,12 @@ def demo_checkpoints() -> list[Path]:
 
 
 def demo_config(**fields: Any) -> RenderConfig:
-    """The demo's render job: the bundled checkpoints on Breakout into ``gpurender-demo/``,
-    20 s clips, each milestone's video and the run's progress video (grid); ``fields`` override
-    any of it (``model_dir`` and ``game`` are the demo's own)."""
-    defaults: dict[str, Any] = {"output_dir": OUTPUT_DIR, "clip_seconds": CLIP_SECONDS, "progress_video": True}
+    """The demo's render job: the bundled checkpoints on :data:`GAME` into ``gpurender-demo/``,
+    20 s clips, sampled actions (:data:`STOCHASTIC`), each milestone's video and the run's
+    progress video (grid); ``fields`` override any of it (``model_dir`` and ``game`` are the
+    demo's own)."""
+    defaults: dict[str, Any] = {"output_dir": OUTPUT_DIR, "clip_seconds": CLIP_SECONDS, "progress_video": True,
+                                "stochastic": STOCHASTIC}
     return RenderConfig(**{**defaults, **fields, "model_dir": tuple(demo_checkpoints()), "game": GAME})
 
 
