@@ -60,18 +60,27 @@ class PanelReader:
         box = y[y0 : y0 + font.cell_h, x0 : x0 + f.length * font.cell_w]
         return box.reshape(font.cell_h, f.length, font.cell_w).transpose(1, 0, 2)
 
-    def read(self, y: np.ndarray, name: str, fg, bg) -> tuple[str, float]:
+    def read(self, y: np.ndarray, name: str, fg, bg, charset: str | None = None) -> tuple[str, float]:
         """-> (the field's text, its least certain glyph's margin: how much worse the second-best
         glyph fits than the best, in mean squared luma). Cells no glyph fits (another item drawn
-        over the field's trailing blanks) read as ``?``; trailing blanks and ``?`` are dropped."""
+        over the field's trailing blanks) read as ``?``; trailing blanks and ``?`` are dropped.
+        ``charset``: the only characters the field can hold; each cell is then compared only on
+        the rows where those glyphs have ink, so rows packed closer than the font's cell height
+        (18 actions) do not read their neighbours' glyphs."""
         f = self.layout.fields[name]
         lo, hi = luma(bg), luma(fg)
-        templates = lo + self.glyphs[f.font] * (hi - lo)  # (95, h, w)
-        cells = self._cells(y, name)  # (length, h, w)
-        dist = ((cells[:, None] - templates[None]) ** 2).mean(axis=(2, 3))  # (length, 95)
+        codes = np.arange(LAST - FIRST + 1) if charset is None else np.array([ord(c) - FIRST for c in charset])
+        glyphs = self.glyphs[f.font][codes]
+        rows = slice(None)
+        if charset is not None:
+            ink = np.flatnonzero(glyphs.max(axis=(0, 2)) > 0.1)
+            rows = slice(max(0, ink[0] - 1), ink[-1] + 2)
+        templates = lo + glyphs[:, rows] * (hi - lo)  # (glyphs, h, w)
+        cells = self._cells(y, name)[:, rows]  # (length, h, w)
+        dist = ((cells[:, None] - templates[None]) ** 2).mean(axis=(2, 3))  # (length, glyphs)
         best = dist.argmin(axis=1)
         fit = dist[np.arange(len(best)), best]
-        text = "".join("?" if d > UNREADABLE else chr(FIRST + i) for i, d in zip(best, fit, strict=True))
+        text = "".join("?" if d > UNREADABLE else chr(FIRST + codes[i]) for i, d in zip(best, fit, strict=True))
         text = text.rstrip(" ?")
         ordered = np.sort(dist[: len(text)], axis=1)
         margin = float((ordered[:, 1] - ordered[:, 0]).min()) if text else 0.0

@@ -464,3 +464,31 @@ def test_value_text_matches_the_renderer_drawing_the_trace_value_only(clips):
             assert worst < 4, f"frame {t}: the decoded value field differs from the drawn {v:.3f} by {worst:.1f}"
         else:
             assert worst > 12, f"frame {t}: the decoded value field matches a drawn wrong value {v:.3f} ({worst:.1f})"
+
+
+def test_18_action_rows_read_back(tmp_path: Path, atlas: GlyphAtlas):
+    """A game with all 18 actions (the demo's RoadRunner): the policy rows sit 9.9 px apart in the
+    tiny font, closer than its 13-px cells; read on the rows where names and digits have ink, every
+    row's name and probability is the trace's, the executed action's in yellow on its highlight."""
+    from gpurender.demo import GAME as DEMO_GAME
+    from gpurender.demo import demo_checkpoints
+    from gpurender.pipeline import render
+    from gpurender.sidecar import sidecar_path
+    from gpurender.trace import read_trace
+
+    cfg = RenderConfig(model_dir=tuple(demo_checkpoints()), milestones=("100",), game=DEMO_GAME, output_dir=tmp_path,
+                       clip_seconds=1, device="cpu", trace=True)
+    (video,) = render(cfg, progress=False).videos
+    sidecar = json.loads(sidecar_path(video.path).read_text())
+    names, trace = sidecar["action_names"], read_trace(video.trace)
+    assert len(names) == 18
+    reader = PanelReader(_layout(sidecar, atlas))
+    charset = " .0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    frames = decode(video.path).frames
+    for t in (0, 9, 19, 29):
+        y = frames[t][:FRAME_H, :PANEL_W].astype(np.float64)
+        r = trace[t]
+        for k, name in enumerate(names):
+            hit = k == r["action"]
+            text, _ = reader.read(y, f"act{k}", YELLOW if hit else WHITE, HILITE_BG if hit else BACKGROUND, charset)
+            assert text.split() == [name, f"{r['probs'][k]:.3f}"], f"frame {t} row {k}: {text!r}"
