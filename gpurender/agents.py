@@ -361,7 +361,7 @@ class Agent:
         for layer, act, grad in zip(self.layers[1:-1], taps, grads[1:], strict=True):
             per_unit = (act * grad).detach()
             per_unit = per_unit.flatten(2).sum(dim=2) if per_unit.dim() > 2 else per_unit
-            cols.append(torch.stack([g.sum(dim=1) for g in per_unit.tensor_split(layer.nodes, dim=1)], dim=1))
+            cols.append(_per_node(per_unit, layer, "sum"))
         cols.append(out.probs)
         self._taps = [None] * len(self._taps)  # the graph's tensors: not kept past this call
         return out._replace(levels=torch.cat(cols, dim=1))
@@ -408,13 +408,18 @@ class Agent:
         for layer, act, signed in zip(self.layers[1:-1], self._taps, self._signed, strict=True):
             a = act.abs() if signed else act
             per_unit = a.flatten(2).mean(dim=2) if a.dim() > 2 else a
-            units = layer.units  # per_unit.shape[1], as a constant (also while tracing)
-            if units % layer.nodes == 0:  # equal groups: one reshape, one mean
-                cols.append(per_unit.view(per_unit.shape[0], layer.nodes, units // layer.nodes).mean(dim=2))
-            else:
-                cols.append(torch.stack([g.mean(dim=1) for g in per_unit.tensor_split(layer.nodes, dim=1)], dim=1))
+            cols.append(_per_node(per_unit, layer, "mean"))
         cols.append(probs)
         return torch.cat(cols, dim=1)
+
+
+def _per_node(per_unit: torch.Tensor, layer: LayerInfo, reduce: str) -> torch.Tensor:
+    """(B, units) -> (B, nodes): the ``reduce`` ("mean" or "sum") of each node's equal,
+    contiguous group of units (the first groups one unit larger where they do not divide)."""
+    units = layer.units  # per_unit.shape[1], as a constant (also while tracing)
+    if units % layer.nodes == 0:  # equal groups: one reshape, one reduction
+        return getattr(per_unit.view(per_unit.shape[0], layer.nodes, units // layer.nodes), reduce)(dim=2)
+    return torch.stack([getattr(g, reduce)(dim=1) for g in per_unit.tensor_split(layer.nodes, dim=1)], dim=1)
 
 
 def _state_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:

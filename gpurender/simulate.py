@@ -239,12 +239,13 @@ def _play(cfg: RenderConfig, rollout: Rollout, out: Channel, ring: ScreenRing, s
             return False
         t0 = time.perf_counter()
         outputs = rollout.act()
+        actions = outputs[:, 0].astype(np.int64)
         t1 = time.perf_counter()
         stages["infer"] += t1 - t0
         state = rollout.state
         maps = scale = None
         if saliency is not None:
-            raw = saliency.maps(state.obs, outputs[:, 0].astype(np.int64))
+            raw = saliency.maps(state.obs, actions)
             maps, scale = normalise(raw.actor, raw.critic)
             t2 = time.perf_counter()
             stages["saliency"] += t2 - t1
@@ -256,7 +257,7 @@ def _play(cfg: RenderConfig, rollout: Rollout, out: Channel, ring: ScreenRing, s
         t2 = time.perf_counter()
         stages["sim_blocked"] += t2 - t1
         if t + 1 < cfg.frames:
-            rollout.advance(outputs[:, 0].astype(np.int64))
+            rollout.advance(actions)
             stages["env"] += time.perf_counter() - t2
     return True
 

@@ -225,7 +225,8 @@ class Preview:
             raw = computer.maps(rollout.state.obs, out.actions)
             maps, _ = normalise(raw.actor, raw.critic)
         t1 = time.perf_counter()
-        hud = hud_text(self.fps or None, *(self._ms[k] if self.frames else None for k in ("infer", "draw")))
+        hud = hud_text(self.fps or None, *(self._ms[k] if self.frames else None for k in ("infer", "draw"))) \
+            if panel.spec.hud else ""
         values, chars = panel.pack(self.frames, 0, out, rollout.scores.current, rollout.state.lives, hud)
         r = self.renderer
         r.begin(1)
